@@ -1,0 +1,74 @@
+"""The glue between params.yaml, papermill and DVC: run one numbered notebook with its profile's parameters.
+
+``params.yaml`` holds ``profile: default|full`` and, per notebook, ``notebooks.<name>.<profile>`` parameter
+dictionaries; ``python -m xaiimg.pipeline notebook <name>`` executes ``notebooks/<name>.ipynb`` with papermill
+(working directory ``notebooks/``, as nbval uses) into ``artifacts/notebooks/<name>.ipynb``.
+"""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+PROFILES = ("default", "full")
+
+
+def repo_root() -> Path:
+    """The checkout holding ``params.yaml`` (searched upwards from the working directory)."""
+    for folder in (Path.cwd(), *Path.cwd().parents):
+        if (folder / "params.yaml").is_file() and (folder / "notebooks").is_dir():
+            return folder
+    raise FileNotFoundError("params.yaml not found in the working directory or its parents; run from the checkout")
+
+
+def load_params(path: Path | None = None) -> dict[str, Any]:
+    path = path or repo_root() / "params.yaml"
+    params = yaml.safe_load(path.read_text())
+    if params.get("profile") not in PROFILES:
+        raise ValueError(f"{path}: profile must be one of {PROFILES}, got {params.get('profile')!r}")
+    return params
+
+
+def notebook_parameters(name: str, params: dict[str, Any]) -> dict[str, Any]:
+    """The parameters of notebook ``name`` under the selected profile, plus the dataset paths."""
+    notebooks = params.get("notebooks", {})
+    if name not in notebooks:
+        raise ValueError(f"params.yaml has no notebooks.{name} section (known: {sorted(notebooks)})")
+    profile = params["profile"]
+    values = dict(notebooks[name].get(profile) or {})
+    if profile == "full":
+        missing = [key for key, value in params.get("datasets", {}).items() if value is None]
+        if missing:
+            raise ValueError(f"profile 'full' needs dataset paths in params.yaml datasets.{missing} (see data/README.md)")
+    values.update({"profile": profile, "datasets": params.get("datasets", {})})
+    return values
+
+
+def run_notebook(name: str, root: Path | None = None) -> Path:
+    import papermill
+
+    root = root or repo_root()
+    source = root / "notebooks" / f"{name}.ipynb"
+    if not source.is_file():
+        raise FileNotFoundError(f"notebook {source} not found")
+    output = root / "artifacts" / "notebooks" / f"{name}.ipynb"
+    output.parent.mkdir(parents=True, exist_ok=True)
+    parameters = notebook_parameters(name, load_params(root / "params.yaml"))
+    papermill.execute_notebook(str(source), str(output), parameters=parameters, cwd=str(root / "notebooks"),
+                               kernel_name="python3", progress_bar=False)
+    return output
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m xaiimg.pipeline", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    run = commands.add_parser("notebook", help="execute notebooks/<name>.ipynb with its params.yaml parameters")
+    run.add_argument("name", help="notebook name without .ipynb, e.g. 04_msgcam_comparison")
+    arguments = parser.parse_args(argv)
+    print(run_notebook(arguments.name))
+
+
+if __name__ == "__main__":
+    main()
