@@ -98,3 +98,43 @@ def test_in_order_loading_checks_shapes():
     model = torch.nn.Linear(2, 3)
     with pytest.raises(ValueError, match="shape mismatch"):
         load_state_dict_in_order(model, {"a": torch.zeros(3, 3), "b": torch.zeros(3)})
+
+
+class _WritesAFile:
+    """A pickle payload that would create a file if it were ever unpickled by a full (unsafe) load."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (str(self.marker), "w"))
+
+
+def test_user_checkpoint_loads_state_dict(tmp_path):
+    import torchvision
+    from xaiimg.models import load_checkpoint_model
+
+    reference = torchvision.models.resnet18(num_classes=7)
+    torch.save(reference.state_dict(), tmp_path / "r18.pth")
+    model = load_checkpoint_model("resnet18", tmp_path / "r18.pth")
+    assert model.spec.num_classes == 7 and model.spec.default_layer == "layer4" and not model.training
+    assert torch.equal(model.fc.weight, reference.fc.weight)
+
+
+def test_pickled_checkpoint_is_refused_without_executing(tmp_path):
+    from xaiimg.models import CheckpointError, load_checkpoint_model
+
+    marker = tmp_path / "executed"
+    torch.save({"fc.weight": _WritesAFile(marker)}, tmp_path / "evil.pth")
+    with pytest.raises(CheckpointError, match="refused without executing"):
+        load_checkpoint_model("resnet18", tmp_path / "evil.pth")
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("arch,problem", [("resnet18", "does not fit"), ("no_such_net", "unknown architecture")])
+def test_checkpoint_mismatch_errors(arch, problem, tmp_path):
+    from xaiimg.models import CheckpointError, load_checkpoint_model
+
+    torch.save(torch.nn.Linear(3, 4).state_dict(), tmp_path / "small.pth")
+    with pytest.raises(CheckpointError, match=problem):
+        load_checkpoint_model(arch, tmp_path / "small.pth")

@@ -310,3 +310,69 @@ def top_k(model: nn.Module, x: torch.Tensor, k: int = 5) -> list[list[tuple[int,
     names: Sequence[str] = getattr(spec_of(model), "class_names", None) or []
     return [[(int(i), names[int(i)] if names else str(int(i)), float(v)) for v, i in zip(vs, idx)]
             for vs, idx in zip(values, indices)]
+
+
+class CheckpointError(ValueError):
+    """A user checkpoint that cannot be loaded as a plain state_dict for the named architecture."""
+
+
+def load_checkpoint_model(arch: str, path: str | os.PathLike, class_names: Sequence[str] | None = None) -> nn.Module:
+    """A user model: a torchvision or timm architecture name plus a state_dict file.
+
+    The file is read with ``torch.load(weights_only=True)``, so a pickled object (a whole model, arbitrary code) is
+    refused without being executed. Preprocessing defaults to ImageNet's (resize 256, crop 224, bilinear); the
+    default CAM layer is the last module with a 4-D output found by a probe forward.
+    """
+    import timm
+    import torchvision
+
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint file not found: {path}")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # torch raises UnpicklingError or RuntimeError depending on the content
+        raise CheckpointError(
+            f"{path} is not a plain state_dict (refused without executing it: {type(error).__name__}). Save weights "
+            "with torch.save(model.state_dict(), path)") from None
+    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise CheckpointError(f"{path} does not hold a state_dict (a mapping of parameter names to tensors)")
+    weight_shapes = [v.shape for k, v in state.items() if k.endswith("weight") and v.ndim == 2]
+    num_classes = weight_shapes[-1][0] if weight_shapes else 1000
+    if arch in torchvision.models.list_models(module=torchvision.models):
+        model = torchvision.models.get_model(arch, weights=None, num_classes=num_classes)
+    elif arch in timm.list_models():
+        model = timm.create_model(arch, pretrained=False, num_classes=num_classes)
+    else:
+        raise CheckpointError(f"unknown architecture {arch!r}: give a torchvision.models or timm model name")
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as error:
+        raise CheckpointError(f"{path} does not fit architecture {arch!r}: {str(error).splitlines()[0]}") from None
+    names = list(class_names) if class_names else (
+        imagenet_class_names() if num_classes == 1000 else [f"class {i}" for i in range(num_classes)])
+    spec = ModelSpec(name=f"{arch}:{path.name}", input_size=224, resize_size=256, interpolation="bilinear",
+                     mean=_IMAGENET_MEAN, std=_IMAGENET_STD, default_layer=last_spatial_layer(model, 224),
+                     layer_reason="last module with a spatial (4-D) output, found by a probe forward",
+                     class_names=names, weights=str(path))
+    return attach_spec(model, spec)
+
+
+def last_spatial_layer(model: nn.Module, size: int) -> str:
+    """Name of the last module (in execution order) whose output is ``[B,C,h,w]`` with h, w > 1."""
+    order: list[str] = []
+    names = {module: name for name, module in model.named_modules() if name}
+    handles = [module.register_forward_hook(
+        lambda m, _i, o: order.append(names[m]) if isinstance(o, torch.Tensor) and o.ndim == 4 and o.shape[-1] > 1
+        else None) for module in names]
+    try:
+        with torch.no_grad():
+            model.eval()(torch.zeros(1, 3, size, size))
+    finally:
+        for handle in handles:
+            handle.remove()
+    if not order:
+        raise ValueError(f"{type(model).__name__} has no module with a spatial output; give layer= explicitly")
+    return order[-1]

@@ -1,0 +1,112 @@
+"""The comparison system (thesis ch.5) as functions: the dashboard and the CLI are thin layers over these.
+
+Pick a model (zoo name or user checkpoint), see the top-5 classes, explain with several methods side by side
+(optionally with the sliding-window enhancement), segment an image by its top-k% salient pixels, and run
+experiments (insertion/deletion, ...) over a folder of images, each run stored as a :class:`RunRecord`.
+"""
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+import torch
+
+from xaiimg.methods import get_method, registry
+from xaiimg.methods.base import Explainer
+from xaiimg.report import ResultsStore, RunRecord
+
+ENHANCEMENT = "sliding-window"
+
+
+def open_model(name: str | None = None, arch: str | None = None, checkpoint: str | Path | None = None):
+    """A zoo model by ``name``, or a user model from ``arch`` + ``checkpoint`` (a state_dict file)."""
+    from xaiimg.models import load_checkpoint_model, load_model
+
+    if checkpoint is not None:
+        if not arch:
+            raise ValueError("a checkpoint needs its architecture name (torchvision or timm), e.g. arch='resnet18'")
+        return load_checkpoint_model(arch, checkpoint)
+    if not name:
+        raise ValueError("give a zoo model name or an architecture + checkpoint")
+    return load_model(name)
+
+
+def method_parameters(method: str) -> dict[str, Any]:
+    """The constructor parameters of a registered method with their defaults (for parameter panels, --help)."""
+    cls = registry()[get_method(method).name] if method in registry() else type(get_method(method))
+    signature = inspect.signature(cls.__init__)
+    return {name: (p.default if p.default is not inspect.Parameter.empty else None)
+            for name, p in signature.parameters.items() if name != "self" and p.kind is p.POSITIONAL_OR_KEYWORD}
+
+
+def build_explainer(method: str, params: Mapping[str, Any] | None = None, enhance: bool = False,
+                    enhance_params: Mapping[str, Any] | None = None) -> Explainer:
+    """``method`` with ``params``; wrapped in the sliding-window enhancement when ``enhance``."""
+    explainer = get_method(method, **dict(params or {}))
+    if enhance:
+        return get_method(ENHANCEMENT, method=explainer, **dict(enhance_params or {}))
+    return explainer
+
+
+def explain_side_by_side(model, x: torch.Tensor, methods: Mapping[str, Mapping[str, Any]], target=None,
+                         enhance: bool = False, enhance_params: Mapping[str, Any] | None = None,
+                         on_method: Callable[[str], None] | None = None) -> dict[str, torch.Tensor]:
+    """Maps ``[B,1,H,W]`` per method label (``"grad-cam"`` or ``"grad-cam + sliding-window"``)."""
+    maps = {}
+    for method, params in methods.items():
+        if on_method is not None:
+            on_method(method)
+        label = f"{method} + {ENHANCEMENT}" if enhance else method
+        maps[label] = build_explainer(method, params, enhance, enhance_params)(model, x, target=target)
+    return maps
+
+
+def segment_top_percent(image01: torch.Tensor, saliency: torch.Tensor, percent: float) -> torch.Tensor:
+    """Keep the ``percent``% most salient pixels of ``[B,3,H,W]`` images (stable ranking), black elsewhere."""
+    if not 0 <= percent <= 100:
+        raise ValueError(f"percent must be in [0, 100], got {percent}")
+    flat = saliency.reshape(saliency.shape[0], -1)
+    keep = round(flat.shape[1] * percent / 100)
+    order = torch.sort(flat, dim=1, descending=True, stable=True).indices[:, :keep]
+    mask = torch.zeros_like(flat).scatter_(1, order, 1.0).reshape(saliency.shape)
+    return image01 * mask
+
+
+@dataclass
+class Experiment:
+    """One experiment: a method (and its parameters) scored by a metric over a set of images."""
+
+    method: str
+    metric: str
+    method_params: Mapping[str, Any]
+    metric_params: Mapping[str, Any]
+    enhance: bool = False
+
+
+def run_experiment(model, images: Sequence, experiment: Experiment, data_name: str, store: ResultsStore | None,
+                   batch_size: int = 4, progress: Callable[[int, int], None] | None = None) -> RunRecord:
+    """Explain and score ``images`` (PIL images or paths) in batches; store and return the record."""
+    from xaiimg.metrics import evaluate
+
+    explainer = build_explainer(experiment.method, experiment.method_params, experiment.enhance)
+    per_image: dict[str, list[float]] = {}
+    for start in range(0, len(images), batch_size):
+        x = model.preprocess(list(images[start:start + batch_size]))
+        saliency = explainer(model, x)
+        for key, values in evaluate(experiment.metric, model, x, saliency, **experiment.metric_params).items():
+            per_image.setdefault(key, []).extend(values)
+        if progress is not None:
+            progress(min(start + batch_size, len(images)), len(images))
+    metrics: dict[str, Any] = {key: sum(v) / len(v) for key, v in per_image.items()}
+    metrics["num_images"] = len(images)
+    metrics["per_image"] = per_image
+    record = RunRecord(kind="experiment", method=explainer.name if not experiment.enhance
+                       else f"{experiment.method} + {ENHANCEMENT}", model=model.spec.name, data=data_name,
+                       parameters={"method": dict(experiment.method_params), "metric": experiment.metric,
+                                   "metric_params": dict(experiment.metric_params), "enhance": experiment.enhance},
+                       metrics=metrics)
+    if store is not None:
+        store.add(record)
+    return record

@@ -1,0 +1,120 @@
+"""The comparison dashboard: in-process widget logic, and served by Voila, driven in headless Chromium."""
+from __future__ import annotations
+
+import csv
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from tests_support import REPO_ROOT
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+METHODS = ["grad-cam", "gradient"]
+
+
+def test_dashboard_generates_segments_and_exports(tmp_path):
+    from xaiimg.dashboard import ComparisonDashboard
+
+    app = ComparisonDashboard(tmp_path / "runs")
+    app.load_model()
+    assert app.target.value == 285 or len(app.target.options) == 5
+    app.methods.value = tuple(METHODS)
+    app.generate()
+    assert len(app.maps_box.children) == 2 and set(app.maps) == set(METHODS)
+    kept = app.maps[METHODS[0]]
+    app.percent.value = 10
+    assert len(app.segments_box.children) == 2
+    assert app.status.value.startswith("Generated") or "segment" not in app.status.value
+    path = app.export("csv")
+    rows = list(csv.DictReader(path.open()))
+    assert rows and rows[0]["kind"] == "explain" and rows[0]["model"] == "efficientnet_lite0"
+    assert kept.shape == (1, 1, 224, 224)
+
+
+def test_dashboard_reports_errors_in_the_status_line(tmp_path):
+    from xaiimg.dashboard import CHECKPOINT, ComparisonDashboard
+
+    app = ComparisonDashboard(tmp_path / "runs")
+    app.model_name.value = CHECKPOINT
+    app.arch.value = "resnet18"
+    app.checkpoint.value = str(tmp_path / "missing.pth")
+    app._guard(app.load_model)
+    assert "Error" in app.status.value and "missing.pth" in app.status.value
+    assert not (tmp_path / "runs").exists()
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.fixture
+def voila_server(tmp_path):
+    port = _free_port()
+    env = dict(os.environ, XAIIMG_RUNS=str(tmp_path / "runs"))
+    voila = Path(sys.executable).with_name("voila")
+    process = subprocess.Popen(
+        [str(voila), "07_comparison_dashboard.ipynb", "--no-browser", f"--port={port}", "--Voila.ip=127.0.0.1",
+         "--show_tracebacks=True"], cwd=REPO_ROOT / "notebooks", env=env,
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}/"
+    try:
+        for _ in range(120):
+            try:
+                urllib.request.urlopen(url + "api", timeout=1)
+                break
+            except OSError:
+                if process.poll() is not None:
+                    raise RuntimeError(process.stdout.read().decode())
+                time.sleep(0.5)
+        yield url, tmp_path / "runs"
+    finally:
+        process.terminate()
+        process.wait(timeout=20)
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed (scripts/setup_env.sh installs it)")
+def test_voila_dashboard_in_headless_chromium(voila_server, tmp_path):
+    from playwright.sync_api import expect, sync_playwright
+
+    url, runs = voila_server
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(
+            executable_path=CHROMIUM, headless=True,
+            args=["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                  "--disable-background-networking", "--disable-component-update", "--disable-sync"])
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 1600})
+            page.goto(url, timeout=120_000)
+            expect(page.get_by_text("xaiimg: saliency comparison")).to_be_visible(timeout=120_000)
+            page.get_by_role("button", name="Load model").click()
+            expect(page.get_by_text("Image ready")).to_be_visible(timeout=120_000)
+            page.locator("select").filter(has_text="chelsea").select_option("coffee")
+            expect(page.get_by_text("predicted: espresso")).to_be_visible(timeout=60_000)
+            page.locator("select[multiple]").select_option(METHODS)
+            page.get_by_role("button", name="Generate maps").click()
+            expect(page.get_by_text("Generated 2 map(s)")).to_be_visible(timeout=120_000)
+            for method in METHODS:
+                expect(page.get_by_text(method, exact=True).first).to_be_visible()
+                expect(page.get_by_text(f"{method}: top 20%")).to_be_visible()
+            handle = page.locator(".noUi-handle").first
+            handle.focus()
+            for _ in range(5):
+                handle.press("ArrowRight")
+            expect(page.get_by_text(f"{METHODS[0]}: top 25%")).to_be_visible(timeout=60_000)
+            page.get_by_role("button", name="Export CSV").click()
+            expect(page.get_by_text("Exported to")).to_be_visible(timeout=60_000)
+            page.screenshot(path=str(tmp_path / "dashboard.png"), full_page=True)
+        finally:
+            browser.close()
+    assert (tmp_path / "dashboard.png").stat().st_size > 10_000
+    rows = list(csv.DictReader((runs / "export.csv").open()))
+    assert len(rows) == 1 and rows[0]["method"] == ", ".join(METHODS) and rows[0]["data"] == "sample:coffee"
