@@ -13,11 +13,12 @@ from typing import Any, Callable, Mapping, Sequence
 
 import torch
 
-from xaiimg.methods import get_method, registry
+from xaiimg.methods import available_methods, get_method, registry
 from xaiimg.methods.base import Explainer
 from xaiimg.report import ResultsStore, RunRecord
 
 ENHANCEMENT = "sliding-window"
+EXPERIMENT_METRICS = ("insertion-deletion",)
 
 
 def open_model(name: str | None = None, arch: str | None = None, checkpoint: str | Path | None = None):
@@ -35,8 +36,9 @@ def open_model(name: str | None = None, arch: str | None = None, checkpoint: str
 
 def method_parameters(method: str) -> dict[str, Any]:
     """The constructor parameters of a registered method with their defaults (for parameter panels, --help)."""
-    cls = registry()[get_method(method).name] if method in registry() else type(get_method(method))
-    signature = inspect.signature(cls.__init__)
+    if method not in available_methods():
+        raise ValueError(f"unknown method {method!r}")
+    signature = inspect.signature(registry()[method].__init__)
     return {name: (p.default if p.default is not inspect.Parameter.empty else None)
             for name, p in signature.parameters.items() if name != "self" and p.kind is p.POSITIONAL_OR_KEYWORD}
 
@@ -46,7 +48,7 @@ def build_explainer(method: str, params: Mapping[str, Any] | None = None, enhanc
     """``method`` with ``params``; wrapped in the sliding-window enhancement when ``enhance``."""
     explainer = get_method(method, **dict(params or {}))
     if enhance:
-        return get_method(ENHANCEMENT, method=explainer, **dict(enhance_params or {}))
+        return get_method(ENHANCEMENT, wrapped=explainer, **dict(enhance_params or {}))
     return explainer
 
 
@@ -63,15 +65,15 @@ def explain_side_by_side(model, x: torch.Tensor, methods: Mapping[str, Mapping[s
     return maps
 
 
-def segment_top_percent(image01: torch.Tensor, saliency: torch.Tensor, percent: float) -> torch.Tensor:
-    """Keep the ``percent``% most salient pixels of ``[B,3,H,W]`` images (stable ranking), black elsewhere."""
-    if not 0 <= percent <= 100:
-        raise ValueError(f"percent must be in [0, 100], got {percent}")
-    flat = saliency.reshape(saliency.shape[0], -1)
-    keep = round(flat.shape[1] * percent / 100)
-    order = torch.sort(flat, dim=1, descending=True, stable=True).indices[:, :keep]
-    mask = torch.zeros_like(flat).scatter_(1, order, 1.0).reshape(saliency.shape)
-    return image01 * mask
+def score_images(metric: str, model, x: torch.Tensor, saliency: torch.Tensor, **params) -> dict[str, list[float]]:
+    """Per-image scores of an experiment metric (``EXPERIMENT_METRICS``), keyed by score name."""
+    if metric == "insertion-deletion":
+        from xaiimg.metrics.faithfulness import insertion_deletion
+
+        result = insertion_deletion(model, x, saliency, **params)
+        return {"insertion_auc": result.insertion_auc.tolist(), "deletion_auc": result.deletion_auc.tolist(),
+                "overall": result.overall.tolist()}
+    raise ValueError(f"unknown experiment metric {metric!r}; available: {', '.join(EXPERIMENT_METRICS)}")
 
 
 @dataclass
@@ -88,14 +90,12 @@ class Experiment:
 def run_experiment(model, images: Sequence, experiment: Experiment, data_name: str, store: ResultsStore | None,
                    batch_size: int = 4, progress: Callable[[int, int], None] | None = None) -> RunRecord:
     """Explain and score ``images`` (PIL images or paths) in batches; store and return the record."""
-    from xaiimg.metrics import evaluate
-
     explainer = build_explainer(experiment.method, experiment.method_params, experiment.enhance)
     per_image: dict[str, list[float]] = {}
     for start in range(0, len(images), batch_size):
         x = model.preprocess(list(images[start:start + batch_size]))
         saliency = explainer(model, x)
-        for key, values in evaluate(experiment.metric, model, x, saliency, **experiment.metric_params).items():
+        for key, values in score_images(experiment.metric, model, x, saliency, **experiment.metric_params).items():
             per_image.setdefault(key, []).extend(values)
         if progress is not None:
             progress(min(start + batch_size, len(images)), len(images))

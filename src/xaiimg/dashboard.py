@@ -20,33 +20,24 @@ import ipywidgets as w
 import torch
 from PIL import Image
 
-from xaiimg.compare import (Experiment, explain_side_by_side, method_parameters, open_model, run_experiment,
-                            segment_top_percent)
+from xaiimg.compare import (EXPERIMENT_METRICS, Experiment, explain_side_by_side, method_parameters, open_model,
+                            run_experiment)
 from xaiimg.data import ImageFolder, load_image, sample_images, sample_names
 from xaiimg.methods import available_methods
 from xaiimg.models import available_models, top_k
 from xaiimg.report import ResultsStore, RunRecord
+from xaiimg.viz import overlay, saliency_segment
 
 CHECKPOINT = "user checkpoint…"
 HIDDEN_METHODS = {"sliding-window"}
-EXPERIMENT_METRICS = ("insertion-deletion",)
 
 
-def _png(array01: torch.Tensor) -> bytes:
-    """PNG bytes of a ``[3,H,W]`` or ``[1,H,W]`` tensor in [0,1]."""
-    data = (array01.clamp(0, 1) * 255).round().byte()
-    image = Image.fromarray(data[0].numpy()) if data.shape[0] == 1 else Image.fromarray(data.permute(1, 2, 0).numpy())
+def _png(image) -> bytes:
+    """PNG bytes of an image in [0,1]: a ``[3,H,W]`` tensor or an ``HxWx3`` array."""
+    array = image.permute(1, 2, 0).numpy() if isinstance(image, torch.Tensor) else image
     buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
+    Image.fromarray((array.clip(0, 1) * 255).round().astype("uint8")).save(buffer, format="PNG")
     return buffer.getvalue()
-
-
-def _heat(image01: torch.Tensor, saliency: torch.Tensor) -> torch.Tensor:
-    """Blend an image with a jet-coloured map (matplotlib's colormap, no pyplot)."""
-    from matplotlib import colormaps
-
-    colours = torch.from_numpy(colormaps["jet"](saliency[0].numpy())[..., :3]).permute(2, 0, 1).float()
-    return 0.5 * image01 + 0.5 * colours
 
 
 def _parse(text: str, default: Any) -> Any:
@@ -217,7 +208,7 @@ class ComparisonDashboard:
         self.maps = explain_side_by_side(self.model, self.x, chosen, target=[self.target.value],
                                          enhance=self.enhance.value,
                                          on_method=lambda m: self._say(f"Explaining with {m}…"))
-        self.maps_box.children = [w.VBox([w.HTML(f"<b>{label}</b>"), w.Image(value=_png(_heat(self.image01[0], m[0])),
+        self.maps_box.children = [w.VBox([w.HTML(f"<b>{label}</b>"), w.Image(value=_png(overlay(self.image01[0], m[0])),
                                                                               format="png", width=224)])
                                   for label, m in self.maps.items()]
         seconds = time.perf_counter() - started
@@ -232,7 +223,7 @@ class ComparisonDashboard:
     def show_segments(self) -> None:
         self.segments_box.children = [
             w.VBox([w.HTML(f"<b>{label}: top {self.percent.value}%</b>"),
-                    w.Image(value=_png(segment_top_percent(self.image01, m, self.percent.value)[0]), format="png",
+                    w.Image(value=_png(saliency_segment(self.image01, m, self.percent.value)[0][0]), format="png",
                             width=224)])
             for label, m in self.maps.items()]
 
