@@ -3,11 +3,11 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: repro test env
+.PHONY: repro test env browser
 repro: env  ## rebuild every figure and table (default offline profile)
 	$(BIN)/dvc repro
 
-test: env  ## unit tests, golden values, cross-checks, and the notebooks under nbval
+test: env browser  ## unit tests, golden values, cross-checks, the dashboard in a browser, notebooks under nbval
 	$(BIN)/python -m pytest
 
 env: $(VENV)/.installed
@@ -15,3 +15,6 @@ env: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml scripts/setup_env.sh
 	PYTHON=$(PYTHON) VENV=$(VENV) bash scripts/setup_env.sh
 	touch $@
+
+browser:  ## Debian's Chromium for the dashboard test (Playwright drives it; no browser download)
+	@command -v chromium >/dev/null || { apt-get update -qq && apt-get install -y -qq chromium >/dev/null; }
