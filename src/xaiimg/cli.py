@@ -106,10 +106,10 @@ def staged_output(out: Path) -> Iterator[Path]:
 
 
 def _explain_all(model, x, methods, params, target, enhance):
-    from xaiimg.compare import explain_side_by_side
+    from xaiimg.compare import explain_methods
 
     try:
-        return explain_side_by_side(model, x, {m: params[m] for m in methods}, target=target, enhance=enhance)
+        return explain_methods(model, x, {m: params[m] for m in methods}, target=target, enhance=enhance).maps
     except ValueError as error:
         raise CommandError(str(error)) from None
 

@@ -7,7 +7,8 @@ experiments (insertion/deletion, ...) over a folder of images, each run stored a
 from __future__ import annotations
 
 import inspect
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
@@ -52,17 +53,29 @@ def build_explainer(method: str, params: Mapping[str, Any] | None = None, enhanc
     return explainer
 
 
-def explain_side_by_side(model, x: torch.Tensor, methods: Mapping[str, Mapping[str, Any]], target=None,
-                         enhance: bool = False, enhance_params: Mapping[str, Any] | None = None,
-                         on_method: Callable[[str], None] | None = None) -> dict[str, torch.Tensor]:
-    """Maps ``[B,1,H,W]`` per method label (``"grad-cam"`` or ``"grad-cam + sliding-window"``)."""
-    maps = {}
+@dataclass
+class MethodMaps:
+    """Maps ``[B,1,H,W]`` per method label, and the seconds each method took for the whole batch."""
+
+    maps: dict[str, torch.Tensor] = field(default_factory=dict)
+    seconds: dict[str, float] = field(default_factory=dict)
+
+
+def explain_methods(model, x: torch.Tensor, methods: Mapping[str, Mapping[str, Any]], target=None,
+                    enhance: bool = False, enhance_params: Mapping[str, Any] | None = None,
+                    on_method: Callable[[str], None] | None = None) -> MethodMaps:
+    """Every method (registry name -> constructor parameters) on the same batch, timed; labels are the names,
+    ``"<name> + sliding-window"`` when ``enhance``."""
+    out = MethodMaps()
     for method, params in methods.items():
         if on_method is not None:
             on_method(method)
+        explainer = build_explainer(method, params, enhance, enhance_params)
         label = f"{method} + {ENHANCEMENT}" if enhance else method
-        maps[label] = build_explainer(method, params, enhance, enhance_params)(model, x, target=target)
-    return maps
+        start = time.perf_counter()
+        out.maps[label] = explainer(model, x, target=target)
+        out.seconds[label] = time.perf_counter() - start
+    return out
 
 
 def score_images(metric: str, model, x: torch.Tensor, saliency: torch.Tensor, **params) -> dict[str, list[float]]:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import io
 import json
-import time
 import traceback
 from pathlib import Path
 from typing import Any
@@ -20,7 +19,7 @@ import ipywidgets as w
 import torch
 from PIL import Image
 
-from xaiimg.compare import (EXPERIMENT_METRICS, Experiment, explain_side_by_side, method_parameters, open_model,
+from xaiimg.compare import (EXPERIMENT_METRICS, Experiment, explain_methods, method_parameters, open_model,
                             run_experiment)
 from xaiimg.data import ImageFolder, load_image, sample_images, sample_names
 from xaiimg.methods import available_methods
@@ -204,18 +203,17 @@ class ComparisonDashboard:
         if not self.methods.value:
             raise ValueError("choose at least one method")
         chosen = {m: self._method_params(m) for m in self.methods.value}
-        started = time.perf_counter()
-        self.maps = explain_side_by_side(self.model, self.x, chosen, target=[self.target.value],
-                                         enhance=self.enhance.value,
-                                         on_method=lambda m: self._say(f"Explaining with {m}…"))
+        result = explain_methods(self.model, self.x, chosen, target=[self.target.value], enhance=self.enhance.value,
+                                 on_method=lambda m: self._say(f"Explaining with {m}…"))
+        self.maps = result.maps
         self.maps_box.children = [w.VBox([w.HTML(f"<b>{label}</b>"), w.Image(value=_png(overlay(self.image01[0], m[0])),
                                                                               format="png", width=224)])
                                   for label, m in self.maps.items()]
-        seconds = time.perf_counter() - started
+        seconds = sum(result.seconds.values())
         self.store.add(RunRecord(kind="explain", method=", ".join(self.maps), model=self.model.spec.name,
                                  data=self._image_name, parameters={"methods": chosen, "target": self.target.value,
                                                                     "enhance": self.enhance.value},
-                                 metrics={"seconds": seconds}))
+                                 metrics={f"seconds[{m}]": t for m, t in result.seconds.items()}))
         self._show_results()
         self.show_segments()
         self._say(f"Generated {len(self.maps)} map(s) in {seconds:.1f} s.")

@@ -125,6 +125,7 @@ def train_synthetic_model(kind: str, seed: int = 0, size: int = 224, num_classes
         "multi_object_top2_accuracy": float((top2 == test_multi.labels.sort(dim=1).values).all(1).float().mean()),
         "multi_object_test_size": test_size // 2,
         "train_seconds": history["train_seconds"],
+        "train_cpu_seconds": history["train_cpu_seconds"],
         "generate_seconds": generate_seconds,
         "train_size": train_size,
         "steps": history["steps"],

@@ -1,0 +1,131 @@
+"""The thesis's experiments as functions: notebooks 04-06 call these on maps from
+:func:`xaiimg.compare.explain_methods`; tests check them on constructed cases.
+
+Each ``*_table`` returns rows (one per method) ready for :func:`xaiimg.report.write_table`; the metric result
+objects come along for curves and per-sample values.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable, Mapping, Sequence
+
+import torch
+import torch.nn.functional as F
+
+from xaiimg.compare import build_explainer
+from xaiimg.metrics import (MetricResult, insertion_deletion, model_randomisation, pointing_game,
+                            positive_negative_perturbation, segmentation_scores)
+from xaiimg.ops import minmax_normalize
+
+# TorchRay's published pointing-game accuracies (all / difficult), quoted in PROTOCOLS.md.
+TORCHRAY_POINTING_REFERENCE = {
+    ("grad-cam", "voc07", "vgg16"): (86.6, 74.0), ("grad-cam", "voc07", "resnet50"): (90.4, 82.3),
+    ("grad-cam", "coco14", "vgg16"): (54.2, 49.0), ("grad-cam", "coco14", "resnet50"): (57.3, 52.3),
+    ("centre", "voc07", None): (69.6, 42.4), ("centre", "coco14", None): (27.8, 19.5),
+}
+
+
+def table_rows(results: Mapping[str, MetricResult], extra: Mapping[str, Mapping[str, Any]] | None = None,
+               scale: float = 1.0) -> list[dict[str, Any]]:
+    """One row per method: ``method``, the result's summary scores (times ``scale``), then ``extra`` columns."""
+    rows = []
+    for method, result in results.items():
+        row: dict[str, Any] = {"method": method}
+        row.update({k: v * scale for k, v in result.summary().items()})
+        row.update((extra or {}).get(method, {}))
+        rows.append(row)
+    return rows
+
+
+def faithfulness_table(model, x: torch.Tensor, maps: Mapping[str, torch.Tensor], protocol: str = "thesis",
+                       target=None, batch_size: int = 64, seconds: Mapping[str, float] | None = None):
+    """Insertion/deletion AUC per method (thesis table 3-2: ``overall = ins - del``); rows and results."""
+    results = {m: insertion_deletion(model, x, s, target=target, protocol=protocol, batch_size=batch_size)
+               for m, s in maps.items()}
+    extra = {m: {"seconds": seconds[m]} for m in maps} if seconds else None
+    return table_rows(results, extra), results
+
+
+def centre_baseline(count: int, size: tuple[int, int], sigma_fraction: float = 0.25) -> torch.Tensor:
+    """TorchRay's centre baseline: a Gaussian bump at the image centre, ``[count,1,H,W]`` in [0,1]."""
+    height, width = size
+    ys = torch.arange(height, dtype=torch.float64) - (height - 1) / 2
+    xs = torch.arange(width, dtype=torch.float64) - (width - 1) / 2
+    bump = torch.exp(-(ys[:, None] ** 2 / (2 * (sigma_fraction * height) ** 2)
+                       + xs[None, :] ** 2 / (2 * (sigma_fraction * width) ** 2)))
+    return bump.expand(count, 1, height, width).clone()
+
+
+def pointing_table(maps: Mapping[str, torch.Tensor], masks: torch.Tensor, classes: Sequence[int],
+                   presets: Sequence[str] = ("torchray", "thesis-top100"), tolerance: float = 15):
+    """Pointing-game accuracy (%) per method and preset (thesis table 3-3); ``masks`` ``[n,H,W]`` per entry."""
+    rows, results = [], {}
+    for method, saliency in maps.items():
+        row: dict[str, Any] = {"method": method}
+        for preset in presets:
+            result = pointing_game(saliency, masks=masks, classes=list(classes), preset=preset, tolerance=tolerance)
+            results[(method, preset)] = result
+            row[f"{preset} (%)"] = 100 * result.summary()["accuracy"]
+        rows.append(row)
+    return rows, results
+
+
+def perturbation_table(model, x: torch.Tensor, maps: Mapping[str, torch.Tensor], labels=None,
+                       batch_size: int = 64):
+    """Positive/negative perturbation AUC per method, predicted and (with ``labels``) target class (table 4-2)."""
+    rows, results = [], {}
+    for method, saliency in maps.items():
+        row: dict[str, Any] = {"method": method}
+        for reference in ("predicted", "label") if labels is not None else ("predicted",):
+            result = positive_negative_perturbation(model, x, saliency, labels=labels, reference=reference,
+                                                    batch_size=batch_size)
+            results[(method, reference)] = result
+            row.update({f"{k} ({reference})": v for k, v in result.summary().items()})
+        rows.append(row)
+    return rows, results
+
+
+def segmentation_table(maps: Mapping[str, torch.Tensor], masks: torch.Tensor):
+    """Pixel accuracy, mIoU and mAP of mean-thresholded maps against ``masks`` ``[n,H,W]`` (table 4-4)."""
+    results = {m: segmentation_scores(s, masks) for m, s in maps.items()}
+    return table_rows(results), results
+
+
+def edge_map(image01: torch.Tensor) -> torch.Tensor:
+    """Sobel gradient magnitude of the grey image: a model-independent "explanation" (sanity-check control)."""
+    grey = image01.mean(dim=1, keepdim=True)
+    sobel = torch.tensor([[-1.0, 0.0, 1.0], [-2.0, 0.0, 2.0], [-1.0, 0.0, 1.0]], dtype=grey.dtype)
+    gx = F.conv2d(F.pad(grey, (1, 1, 1, 1), mode="replicate"), sobel.view(1, 1, 3, 3))
+    gy = F.conv2d(F.pad(grey, (1, 1, 1, 1), mode="replicate"), sobel.t().contiguous().view(1, 1, 3, 3))
+    return minmax_normalize(torch.sqrt(gx**2 + gy**2))
+
+
+def edge_explainer(model) -> Callable:
+    """``f(model, x, targets)`` returning :func:`edge_map` of the image behind ``x`` (ignores the model)."""
+    to_unit = model.spec.to_unit_range
+    return lambda _model, x, _targets: edge_map(to_unit(x))
+
+
+def sanity_results(model, x: torch.Tensor, methods: Mapping[str, Mapping[str, Any]], mode: str = "cascading",
+                   target=None, layers: Sequence[str] | None = None, seed: int = 0,
+                   with_edge_control: bool = True) -> dict[str, MetricResult]:
+    """Model-randomisation similarities per method (thesis fig. 3-6), plus the edge-detector control."""
+    results = {method: model_randomisation(model, build_explainer(method, params), x, target=target, mode=mode,
+                                           layers=layers, seed=seed)
+               for method, params in methods.items()}
+    if with_edge_control:
+        results["edge detector (control)"] = model_randomisation(model, edge_explainer(model), x, target=target,
+                                                                 mode=mode, layers=layers, seed=seed)
+    return results
+
+
+def setting_differences(profile: str, model_name: str, num_images: int, paper: Mapping[str, Any]) -> list[str]:
+    """Sentences stating where this run's setting differs from the paper's (computed from the parameters)."""
+    lines = []
+    if model_name != paper["model"]:
+        lines.append(f"model: {model_name} here, {paper['model']} in the paper")
+    if num_images != paper["images"]:
+        lines.append(f"images: {num_images} here, {paper['images']} in the paper ({paper['data']})")
+    if profile != "full":
+        lines.append(f"profile '{profile}': offline sample images and synthetic ground truth stand in for "
+                     f"{paper['data']}")
+    return lines

@@ -1,0 +1,265 @@
+"""Input-attribution baselines as thin adapters over Captum: gradient, SmoothGrad, Integrated Gradients,
+Guided Backprop, Occlusion.
+
+Captum returns attributions ``[B,C,H,W]`` per input channel; each method here reduces them to one map
+``[B,1,H,W]`` by ``channel_reduction``:
+
+- ``"abs-max"``: ``max_c |a_c|`` (Simonyan et al., ICLR-W 2014, sec. 3.1), the default of gradient methods;
+- ``"sum"``: ``sum_c a_c`` (signed), the default of Occlusion, whose attribution is equal on all channels;
+- ``"abs-sum"``: ``sum_c |a_c|``.
+
+The signal is the raw logit of the target class (PROTOCOLS "Common conventions"), except Occlusion whose
+``score`` defaults to the softmax probability (a perturbation weight). Targets: ``None`` (predicted class), an
+int or one int per sample. Gradient and Guided Backprop resolve ``None`` inside their single forward; SmoothGrad,
+Integrated Gradients and Occlusion need the targets before Captum's first pass, so ``target=None`` costs them one
+extra prediction forward of the batch (no backward).
+"""
+from __future__ import annotations
+
+import warnings
+from contextlib import contextmanager
+from typing import Callable, Iterator
+
+import torch
+from torch import nn
+
+from xaiimg.methods.base import (Explainer, TargetLike, frozen_parameters, num_classes_of, register,
+                                 resolve_targets, select_scores)
+from xaiimg.methods.cam import check_input_channels
+
+__all__ = ["ChannelReduced", "Gradient", "GuidedBackprop", "IntegratedGradients", "Occlusion", "SmoothGrad",
+           "reduce_channels"]
+
+CHANNEL_REDUCTIONS = ("abs-max", "sum", "abs-sum")
+
+
+def reduce_channels(attributions: torch.Tensor, how: str) -> torch.Tensor:
+    """``[B,C,H,W]`` -> ``[B,1,H,W]`` by ``"abs-max"``, ``"sum"`` or ``"abs-sum"`` over channels."""
+    if how == "abs-max":
+        return attributions.abs().amax(dim=1, keepdim=True)
+    if how == "sum":
+        return attributions.sum(dim=1, keepdim=True)
+    if how == "abs-sum":
+        return attributions.abs().sum(dim=1, keepdim=True)
+    raise ValueError(f"channel_reduction must be one of {CHANNEL_REDUCTIONS}, got {how!r}")
+
+
+def _target_scores(model: nn.Module, target: TargetLike) -> Callable[[torch.Tensor], torch.Tensor]:
+    """Forward function for Captum with ``target=None``: the target logit of each sample ``[B]``, with targets
+    resolved from the logits of this very forward (so ``target=None`` costs no extra pass)."""
+
+    def forward(inputs: torch.Tensor) -> torch.Tensor:
+        logits = model(inputs)
+        return select_scores(logits, resolve_targets(target, logits))
+
+    return forward
+
+
+def _checked_outputs(model: nn.Module, targets: torch.Tensor, probability: bool = False
+                     ) -> Callable[[torch.Tensor], torch.Tensor]:
+    """Forward function for Captum with explicit targets: logits (or softmax probabilities), after checking
+    that every target indexes a class of this model."""
+
+    def forward(inputs: torch.Tensor) -> torch.Tensor:
+        logits = model(inputs)
+        if int(targets.max()) >= logits.shape[-1]:
+            raise ValueError(f"target class index {targets.tolist()} out of range for a model with "
+                             f"{logits.shape[-1]} classes")
+        return logits.softmax(dim=-1) if probability else logits
+
+    return forward
+
+
+def _targets_before_passes(model: nn.Module, x: torch.Tensor, target: TargetLike) -> torch.Tensor:
+    """Per-sample targets ``[B]`` before any pass: ``None`` costs one prediction forward (no graph)."""
+    if target is None:
+        with torch.no_grad():
+            return resolve_targets(None, model(x))
+    num_classes = num_classes_of(model) or torch.iinfo(torch.int64).max
+    shape_only = torch.empty(x.shape[0], 1, device=x.device).expand(x.shape[0], num_classes)
+    return resolve_targets(target, shape_only)
+
+
+def _check_batch_size(batch_size: int) -> int:
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+    return batch_size
+
+
+class ChannelReduced(Explainer):
+    """Base of the Captum adapters: :meth:`input_attributions` ``[B,C,H,W]`` reduced by ``channel_reduction``.
+
+    Parameters are frozen during the passes (input gradients only; the model's ``.grad`` is never written).
+    """
+
+    def __init__(self, channel_reduction: str = "abs-max"):
+        if channel_reduction not in CHANNEL_REDUCTIONS:
+            raise ValueError(f"channel_reduction must be one of {CHANNEL_REDUCTIONS}, got {channel_reduction!r}")
+        self.channel_reduction = channel_reduction
+
+    def input_attributions(self, model: nn.Module, x: torch.Tensor, target: TargetLike) -> torch.Tensor:
+        raise NotImplementedError
+
+    def attribute(self, model: nn.Module, x: torch.Tensor, target: TargetLike = None) -> torch.Tensor:
+        check_input_channels(model, x)
+        with frozen_parameters(model), torch.enable_grad():
+            attributions = self.input_attributions(model, x.detach().requires_grad_(), target)
+        return reduce_channels(attributions.detach(), self.channel_reduction)
+
+
+@register("gradient")
+class Gradient(ChannelReduced):
+    """Vanilla gradient ``dS_k/dx`` (Simonyan et al. 2014; Captum ``Saliency(abs=False)``), then the channel
+    reduction (``abs-max`` by default = Simonyan's map). One forward, one backward."""
+
+    def input_attributions(self, model, x, target):
+        from captum.attr import Saliency
+
+        return Saliency(_target_scores(model, target)).attribute(x, abs=False)
+
+
+@register("guided-backprop")
+class GuidedBackprop(ChannelReduced):
+    """Guided Backpropagation (Springenberg et al., ICLR-W 2015; Captum ``GuidedBackprop``): ReLU backward
+    passes only positive gradients at positive inputs. Captum overrides ``nn.ReLU`` modules only, so a model with
+    other activation modules (ReLU6, SiLU, GELU, ...) is refused rather than half-guided. One forward, one
+    backward."""
+
+    def input_attributions(self, model, x, target):
+        from captum.attr import GuidedBackprop as CaptumGuidedBackprop
+
+        unsupported = sorted({type(m).__name__ for m in model.modules() if isinstance(m, _OTHER_ACTIVATIONS)})
+        if unsupported or not any(isinstance(m, nn.ReLU) for m in model.modules()):
+            found = f"it has {', '.join(unsupported)}" if unsupported else "it has no nn.ReLU module"
+            raise ValueError(f"guided-backprop needs a network whose activations are nn.ReLU modules "
+                             f"(Captum modifies only those), but {found}")
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Setting backward hooks on ReLU activations")
+            return CaptumGuidedBackprop(_ScoreModule(model, target)).attribute(x)
+
+
+_OTHER_ACTIVATIONS = (nn.ReLU6, nn.Hardtanh, nn.LeakyReLU, nn.PReLU, nn.ELU, nn.SELU, nn.CELU, nn.GELU, nn.SiLU,
+                      nn.Mish, nn.Hardswish, nn.Softplus)
+
+
+class _ScoreModule(nn.Module):
+    """``model`` with the target logit as output (Captum's GuidedBackprop hooks the ReLUs of a module)."""
+
+    def __init__(self, model: nn.Module, target: TargetLike):
+        super().__init__()
+        self.model = model
+        self.score = _target_scores(model, target)
+
+    def forward(self, inputs):
+        return self.score(inputs)
+
+
+@contextmanager
+def _seeded(seed: int, device: torch.device) -> Iterator[None]:
+    """Global RNG seeded inside, restored afterwards (Captum's NoiseTunnel draws with ``torch.normal``)."""
+    devices = list(range(torch.cuda.device_count())) if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        yield
+
+
+@register("smoothgrad")
+class SmoothGrad(ChannelReduced):
+    """SmoothGrad (Smilkov et al. 2017, eq. 3): the mean of ``dS_k/dx`` over ``n_samples`` copies
+    ``x + N(0, sigma^2)``, then the channel reduction (Captum ``NoiseTunnel(Saliency(abs=False))``, "smoothgrad").
+
+    Noise: ``sigma = noise_level * (max(x_b) - min(x_b))`` per image, over the model-input tensor (Smilkov's
+    "noise level" with their recommended 10-20%; default 0.15). Captum's ``stdevs`` is an absolute standard
+    deviation, so each image is passed with ``stdevs = sigma_b``. Noise is drawn from the global RNG forked and
+    seeded with ``seed`` for every image, so an image's map depends only on the image and the seed (bit-identical
+    for the same seed, also alone vs. in a batch) and the caller's RNG state is left untouched.
+    Passes: ``ceil(n_samples / batch_size)`` forwards and backwards per image (``batch_size`` noisy copies each),
+    plus one prediction forward of the batch when ``target=None``.
+    """
+
+    def __init__(self, n_samples: int = 50, noise_level: float = 0.15, seed: int = 0, batch_size: int = 50,
+                 channel_reduction: str = "abs-max"):
+        super().__init__(channel_reduction)
+        if n_samples < 1 or noise_level < 0:
+            raise ValueError(f"need n_samples >= 1 and noise_level >= 0, got {n_samples}, {noise_level}")
+        self.n_samples = n_samples
+        self.noise_level = noise_level
+        self.seed = seed
+        self.batch_size = _check_batch_size(batch_size)
+
+    def input_attributions(self, model, x, target):
+        from captum.attr import NoiseTunnel, Saliency
+
+        targets = _targets_before_passes(model, x, target)
+        smoothgrad = NoiseTunnel(Saliency(_checked_outputs(model, targets)))
+        maps = []
+        for index in range(x.shape[0]):
+            image = x[index:index + 1]
+            sigma = self.noise_level * float(image.detach().max() - image.detach().min())
+            with _seeded(self.seed, x.device):
+                maps.append(smoothgrad.attribute(
+                    image, nt_type="smoothgrad", nt_samples=self.n_samples,
+                    nt_samples_batch_size=min(self.batch_size, self.n_samples), stdevs=sigma,
+                    target=targets[index:index + 1], abs=False))
+        return torch.cat(maps)
+
+
+@register("integrated-gradients")
+class IntegratedGradients(ChannelReduced):
+    """Integrated Gradients (Sundararajan et al., ICML 2017, eq. 1; Captum ``IntegratedGradients``):
+    ``(x - x') * integral_0^1 dS_k/dx (x' + a (x - x')) da`` with ``n_steps`` Gauss-Legendre nodes (Captum's
+    default ``method``) and baseline ``x' = baseline`` (default 0 in model-input space, i.e. the normalisation
+    mean colour). ``batch_size``: images per forward, at least two steps of the batch (Captum's minimum).
+    Passes: ``ceil(n_steps / steps_per_batch)`` forwards and backwards, plus one prediction forward when
+    ``target=None``."""
+
+    def __init__(self, n_steps: int = 50, baseline: float = 0.0, method: str = "gausslegendre",
+                 batch_size: int = 64, channel_reduction: str = "abs-max"):
+        super().__init__(channel_reduction)
+        self.n_steps = n_steps
+        self.baseline = baseline
+        self.method = method
+        self.batch_size = _check_batch_size(batch_size)
+
+    def input_attributions(self, model, x, target):
+        from captum.attr import IntegratedGradients as CaptumIntegratedGradients
+
+        targets = _targets_before_passes(model, x, target)
+        return CaptumIntegratedGradients(_checked_outputs(model, targets)).attribute(
+            x, baselines=self.baseline, target=targets, n_steps=self.n_steps, method=self.method,
+            internal_batch_size=max(self.batch_size, 2 * x.shape[0]))
+
+
+@register("occlusion")
+class Occlusion(ChannelReduced):
+    """Occlusion (Zeiler & Fergus, ECCV 2014; Captum ``Occlusion``): slide a ``window`` x ``window`` patch of
+    ``baseline`` (0 in model-input space) over all channels with ``stride``; each pixel gets the mean drop
+    ``S_k(x) - S_k(x_occluded)`` over the windows covering it. ``score``: ``"probability"`` (softmax, Zeiler &
+    Fergus's class probability; default) or ``"logit"``. ``batch_size``: occluded images per forward.
+    Passes (no backward): Captum's unoccluded forward, ``ceil(n_windows / max(1, batch_size // B))`` occluded
+    forwards, plus one prediction forward when ``target=None``."""
+
+    def __init__(self, window: int = 32, stride: int = 16, baseline: float = 0.0, score: str = "probability",
+                 batch_size: int = 64, channel_reduction: str = "sum"):
+        super().__init__(channel_reduction)
+        if score not in ("probability", "logit"):
+            raise ValueError(f"score must be 'probability' or 'logit', got {score!r}")
+        if window < 1 or stride < 1:
+            raise ValueError(f"window and stride must be >= 1, got {window}, {stride}")
+        self.window = window
+        self.stride = stride
+        self.baseline = baseline
+        self.score = score
+        self.batch_size = _check_batch_size(batch_size)
+
+    def input_attributions(self, model, x, target):
+        from captum.attr import Occlusion as CaptumOcclusion
+
+        if self.window > min(x.shape[-2:]):
+            raise ValueError(f"occlusion window {self.window} is larger than the image {tuple(x.shape[-2:])}")
+        targets = _targets_before_passes(model, x, target)
+        with torch.no_grad():
+            return CaptumOcclusion(_checked_outputs(model, targets, self.score == "probability")).attribute(
+                x, sliding_window_shapes=(x.shape[1], self.window, self.window),
+                strides=(x.shape[1], self.stride, self.stride), baselines=self.baseline, target=targets,
+                perturbations_per_eval=max(1, self.batch_size // x.shape[0]))
