@@ -72,3 +72,32 @@ def main(argv: list[str] | None = None) -> None:
 
 if __name__ == "__main__":
     main()
+
+
+def output_folders(*folders: str | Path) -> list[Path]:
+    """Create (if needed) and return the notebook's output folders."""
+    paths = [Path(folder) for folder in folders]
+    for path in paths:
+        path.mkdir(parents=True, exist_ok=True)
+    return paths
+
+
+def synthetic_model(folder: str | Path, kind: str = "cnn", train_if_missing: bool = False, seed: int = 0,
+                    train_size: int = 600, epochs: int = 2):
+    """The trained synthetic-benchmark model ``<folder>/<kind>.pt`` (the DVC ``synthetic`` stage writes it).
+
+    With ``train_if_missing`` (notebooks' CI parameters), a missing checkpoint is trained with a quick recipe
+    (``train_size`` images, ``epochs``) and saved there; its held-out accuracy is in ``model.synthetic_metrics``.
+    """
+    from dataclasses import replace
+
+    from xaiimg.models.synthetic import (DEFAULT_RECIPES, load_synthetic_model, save_checkpoint,
+                                         train_synthetic_model)
+
+    path = Path(folder) / f"{kind}.pt"
+    if not path.is_file() and train_if_missing:
+        recipe = replace(DEFAULT_RECIPES[kind]["train"], epochs=epochs)
+        model, config, metrics = train_synthetic_model(kind, seed=seed, train_size=train_size, train_config=recipe,
+                                                       test_size=200)
+        save_checkpoint(model, config, metrics, path)
+    return load_synthetic_model(path)

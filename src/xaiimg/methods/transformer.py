@@ -30,7 +30,8 @@ from typing import Iterator
 import torch
 from torch import nn
 
-from xaiimg.methods.base import Explainer, TargetLike, frozen_parameters, register, resolve_targets, select_scores
+from xaiimg.methods.base import (Explainer, TargetLike, frozen_parameters, preserved_state, register, resolve_targets,
+                                 select_scores)
 
 SEED_EPS = 1e-12
 
@@ -323,7 +324,7 @@ class ViTLRP(_ViTExplainer):
 
     def relevance(self, model, x, target: TargetLike = None) -> torch.Tensor:
         """Per-channel input relevance ``[B, C, H, W]``."""
-        with self._traced_forward(model, x, target) as (trace, inputs, score):
+        with preserved_state(model), self._traced_forward(model, x, target) as (trace, inputs, score):
             (grad,) = trace.gradients(score.sum(), [inputs], conservative=True, retain_graph=False)
         return inputs.detach() * grad
 
