@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from xaiimg.compare import build_explainer
-from xaiimg.metrics import (MetricResult, insertion_deletion, model_randomisation, pointing_game,
+from xaiimg.metrics import (MetricResult, insertion_deletion, max_sensitivity, model_randomisation, pointing_game,
                             positive_negative_perturbation, segmentation_scores)
 from xaiimg.ops import minmax_normalize
 
@@ -116,6 +116,15 @@ def sanity_results(model, x: torch.Tensor, methods: Mapping[str, Mapping[str, An
         results["edge detector (control)"] = model_randomisation(model, edge_explainer(model), x, target=target,
                                                                  mode=mode, layers=layers, seed=seed)
     return results
+
+
+def stability_table(model, x: torch.Tensor, methods: Mapping[str, Mapping[str, Any]], radius: float = 0.02,
+                    samples: int = 5, seed: int = 0, attack: str | None = None):
+    """Max-sensitivity (Yeh et al. 2019; lower is more stable) per method under uniform L-inf noise of ``radius``."""
+    results = {method: max_sensitivity(build_explainer(method, params), model, x, radius=radius, samples=samples,
+                                       seed=seed, attack=attack)
+               for method, params in methods.items()}
+    return table_rows(results), results
 
 
 def setting_differences(profile: str, model_name: str, num_images: int, paper: Mapping[str, Any]) -> list[str]:
