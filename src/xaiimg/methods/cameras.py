@@ -107,7 +107,8 @@ class CAMERAS(Explainer):
         saliency = torch.zeros(x.shape[0], 1, *size, dtype=x.dtype, device=x.device)
         for start in range(0, activations[0].shape[1], self.channel_chunk):
             channels = slice(start, start + self.channel_chunk)
-            features = sum(w[:, None, None, None] * upsample(a[:, channels], size) for w, a in zip(weights, activations))
+            features = sum(w[:, None, None, None] * upsample(a[:, channels], size)
+                           for w, a in zip(weights, activations))
             grads = sum(w[:, None, None, None] * upsample(g[:, channels], size) for w, g in zip(weights, gradients))
             saliency += (features * grads).sum(1, keepdim=True)
         return F.relu(saliency)

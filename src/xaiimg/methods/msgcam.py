@@ -104,9 +104,11 @@ class MSGCAM(Explainer):
             raise ValueError(f"groups={self.groups} exceeds the layer's {activations[0].shape[1]} channels")
         weights = scale_weights(keep, self.on_no_scale, x.dtype)
         channel_weights = sum(w[:, None] * upsampled_mean(g, size) for w, g in zip(weights, gradients))
-        masks = F.relu(sum(w[:, None, None, None] * upsample(group_sums(channel_weights[:, :, None, None] * a,
-                                                                        self.groups), size)
-                           for w, a in zip(weights, activations)))
+        group_maps = torch.zeros(x.shape[0], self.groups, *size, dtype=x.dtype, device=x.device)
+        for w, a in zip(weights, activations):
+            scale_groups = group_sums(channel_weights[:, :, None, None] * a, self.groups)
+            group_maps += w[:, None, None, None] * upsample(scale_groups, size)
+        masks = F.relu(group_maps)
         denoised = percentile_denoise(masks, self.theta) if self.denoise == "input" else masks
         return group_score_map(model, x, targets, masks, denoised, self.combine, self.batch_size,
                                self.blur_kernel, self.blur_sigma)

@@ -100,9 +100,11 @@ def percentile_denoise(maps: torch.Tensor, theta: float) -> torch.Tensor:
 def minmax_per_map(maps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Min-max each ``[h,w]`` map of ``[B,R,h,w]`` to [0,1]; also return which maps were not flat ``[B,R]``."""
     flat = maps.reshape(*maps.shape[:2], -1)
-    not_flat = (flat.max(-1).values - flat.min(-1).values) > MINMAX_EPS
-    normalised = minmax_normalize(maps.reshape(-1, 1, *maps.shape[2:])).reshape(maps.shape)
-    return normalised, not_flat
+    low = flat.min(-1, keepdim=True).values
+    span = flat.max(-1, keepdim=True).values - low
+    not_flat = span > MINMAX_EPS
+    normalised = torch.where(not_flat, (flat - low) / span.clamp_min(MINMAX_EPS), torch.zeros_like(flat))
+    return normalised.reshape(maps.shape), not_flat[..., 0]
 
 
 def blended_probabilities(model: nn.Module, x: torch.Tensor, blurred: torch.Tensor, masks: torch.Tensor,
@@ -189,7 +191,7 @@ class ScoreCAM(Explainer):
         self.align_corners = bool(align_corners)
 
     def channel_masks(self, activations: torch.Tensor, size: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Upsampled, min-max normalised channels ``[n,1,H,W]`` of ``activations`` ``[n,h,w]``, and which were not flat."""
+        """Upsampled, min-max normalised channels ``[n,1,H,W]`` of ``activations`` ``[n,h,w]``; which were not flat."""
         masks = F.interpolate(activations[:, None], size=size, mode="bilinear", align_corners=self.align_corners)
         flat = masks.reshape(masks.shape[0], -1)
         not_flat = (flat.max(1).values - flat.min(1).values) > MINMAX_EPS
@@ -237,7 +239,8 @@ class GroupCAM(Explainer):
     Then M'_r = minmax(denoised M_r), I_r = I*M'_r + blur(I)*(1-M'_r) with a Gaussian blur (kernel 51,
     sigma 50, reflect, on the normalised tensor), alpha_r = softmax_c(I_r) - softmax_c(blur(I)) and the map is
     ReLU(sum_r alpha_r * M'_r) (``combine="denoised"``, what the official code sums) or with the
-    un-thresholded M_r (``combine="raw"``, the paper's eq. 6 / the official code's commented-out line).
+    un-thresholded, un-normalised M_r upsampled to the input (``combine="raw"``, as MSG-CAM's Algorithm 1; the
+    official code's commented-out alternative sums the thresholded M_r instead).
     Passes: 1 forward+backward, 1 baseline forward, ``B*groups`` blended images in batches of ``batch_size``.
     """
 
@@ -277,10 +280,10 @@ class RISE(Explainer):
     Masks as eclique/RISE ``generate_masks``: N binary ``s x s`` grids with P(1) = p, upsampled to
     ``(s+1) * ceil(H/s)`` per axis by linear interpolation with mirror borders (skimage ``resize(order=1,
     mode="reflect", anti_aliasing=False)``, see :func:`mirror_linear_matrix`) and cropped at a random shift
-    in ``[0, ceil(H/s))`` per axis. Grids and shifts come from a
-    ``torch.Generator`` seeded with ``seed`` (on the CPU, so a seed gives the same masks on any device); masks
-    are generated batch by batch and shared by all images. Same seed and ``batch_size`` -> bit-identical maps
-    on CPU.
+    in ``[0, ceil(H/s))`` per axis. Grids and shifts come from a ``torch.Generator`` seeded with ``seed`` (on
+    the CPU, so a seed gives the same masks on any device; numpy's stream differs, so the masks are not
+    eclique's own); masks are generated batch by batch and shared by all images. Same seed and
+    ``batch_size`` -> bit-identical maps on CPU.
 
     Presets (explicit arguments override them):
 
