@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 
 .PHONY: repro test env browser
 repro: env  ## rebuild every figure and table (default offline profile)
-	$(BIN)/dvc repro
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/dvc repro
 
 test: env browser  ## unit tests, golden values, cross-checks, the dashboard in a browser, notebooks under nbval
 	$(BIN)/python -m pytest
