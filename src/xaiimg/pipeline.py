@@ -101,3 +101,17 @@ def synthetic_model(folder: str | Path, kind: str = "cnn", train_if_missing: boo
                                                        test_size=200)
         save_checkpoint(model, config, metrics, path)
     return load_synthetic_model(path)
+
+
+def aesthetic_run(folder: str | Path, train_if_missing: bool = False, seed: int = 0, size: int = 224,
+                  train: int = 96, val: int = 32, test: int = 48, epochs: int = 8):
+    """``(model with attention, model without, held-out CompositionSet)`` of the composition-benchmark run in
+    ``folder`` (the DVC ``aesthetic`` stage writes it). With ``train_if_missing`` (notebooks' CI parameters) a
+    missing run is trained first with the given small sizes; ``summary.json`` records what was used."""
+    from xaiimg.analysis.aesthetic import load_composition_run
+    from xaiimg.models.aesthetic import train_on_composition
+
+    if not (Path(folder) / "summary.json").is_file() and train_if_missing:
+        train_on_composition(folder, seed=seed, size=size, train=train, val=val, test=test, epochs=epochs,
+                             log=lambda *_: None)
+    return load_composition_run(folder)
