@@ -13,9 +13,14 @@ from typing import Mapping, Sequence
 import numpy as np
 
 
+def _numpy(values) -> np.ndarray:
+    """A tensor (any device) or array-like as a numpy array."""
+    return values.detach().cpu().numpy() if hasattr(values, "detach") else np.asarray(values)
+
+
 def _image_array(image) -> np.ndarray:
     """``HxWx3`` float array in [0,1] from a ``[3,H,W]`` tensor or an ``HxWx3`` array."""
-    array = image.detach().cpu().numpy() if hasattr(image, "detach") else np.asarray(image)
+    array = _numpy(image)
     if array.ndim == 3 and array.shape[0] == 3 and array.shape[-1] != 3:
         array = array.transpose(1, 2, 0)
     if array.ndim != 3 or array.shape[-1] != 3:
@@ -26,8 +31,7 @@ def _image_array(image) -> np.ndarray:
 
 
 def _map_array(saliency) -> np.ndarray:
-    array = saliency.detach().cpu().numpy() if hasattr(saliency, "detach") else np.asarray(saliency)
-    array = np.squeeze(array)
+    array = np.squeeze(_numpy(saliency))
     if array.ndim != 2:
         raise ValueError(f"saliency must be [1,H,W] or [H,W], got shape {np.shape(saliency)}")
     return array.astype(np.float64)
@@ -115,12 +119,11 @@ def plot_curves(curves: Mapping[str, object], x=None, xlabel: str = "fraction of
     else:
         figure = ax.figure
     for name, values in curves.items():
-        values = values.detach().cpu().numpy() if hasattr(values, "detach") else np.asarray(values)
-        values = values.astype(np.float64)
+        values = _numpy(values).astype(np.float64)
         if values.ndim not in (1, 2):
             raise ValueError(f"curve {name!r} must be [N+1] or [n, N+1], got shape {values.shape}")
         mean = values if values.ndim == 1 else values.mean(axis=0)
-        grid = np.linspace(0.0, 1.0, mean.shape[-1]) if x is None else np.asarray(x, dtype=np.float64)
+        grid = np.linspace(0.0, 1.0, mean.shape[-1]) if x is None else _numpy(x).astype(np.float64)
         if grid.shape != mean.shape:
             raise ValueError(f"curve {name!r} has {mean.shape[-1]} points, x has {grid.shape[-1]}")
         label = f"{name} (AUC {np.trapezoid(mean, grid):.3f})" if show_auc else name
@@ -170,8 +173,8 @@ def save_figure(fig, path_stem: str | Path, dpi: int = 200, formats: Sequence[st
 def saliency_segment(image01, saliency, top_percent: float, fill: float = 0.0):
     """Keep the ``top_percent`` % most salient pixels of each image, set the others to ``fill``.
 
-    ``k = round(H * W * top_percent / 100)`` pixels per image (at least 1), ranked by a stable descending sort (ties keep
-    raster order, PROTOCOLS.md), so exactly ``k`` pixels are kept even on flat maps.
+    ``k = round(H * W * top_percent / 100)`` pixels per image (at least 1), ranked by a stable descending sort
+    (ties keep raster order, PROTOCOLS.md), so exactly ``k`` pixels are kept even on flat maps.
     ``image01``: ``[B,C,H,W]`` tensor in [0,1]; ``saliency``: ``[B,1,H,W]``. Returns ``(segments, masks)``:
     ``[B,C,H,W]`` and a boolean ``[B,1,H,W]``.
     """
