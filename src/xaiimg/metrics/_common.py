@@ -12,7 +12,7 @@ from xaiimg.ops import check_images, upsample
 
 def prepare_saliency(saliency: torch.Tensor, x: torch.Tensor, name: str = "saliency") -> torch.Tensor:
     """``[B,1,H,W]`` maps at the resolution of ``x`` (bilinear, align_corners=False) from ``[B,1,h,w]`` or
-    ``[B,h,w]``, on ``x``'s device; raises on a batch mismatch or non-finite values."""
+    ``[B,h,w]``, on ``x``'s device in their own floating dtype; raises on a batch mismatch or non-finite values."""
     if not isinstance(saliency, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor [B,1,h,w], got {type(saliency).__name__}")
     if saliency.ndim == 3:
@@ -25,7 +25,7 @@ def prepare_saliency(saliency: torch.Tensor, x: torch.Tensor, name: str = "salie
         saliency = saliency.float()
     if not torch.isfinite(saliency).all():
         raise ValueError(f"{name} contains NaN or infinite values")
-    return upsample(saliency.detach().to(device=x.device, dtype=x.dtype), x.shape[-2:])
+    return upsample(saliency.detach().to(device=x.device), x.shape[-2:])  # own dtype: ranking keeps its precision
 
 
 def check_metric_inputs(model: nn.Module, x: torch.Tensor, target, batch_size: int) -> None:
@@ -102,6 +102,3 @@ def check_maps(maps, x: torch.Tensor, who: str) -> torch.Tensor:
         raise ValueError(f"{who} must return maps [B,1,H,W] for a batch of {x.shape[0]}, got {shape}")
     return maps.detach()
 
-
-__all__ = ["check_maps", "resolve_explainer", "as_index_tensor", "check_metric_inputs", "forward_in_chunks", "original_logits_and_targets",
-           "prepare_saliency", "preserved_state", "score_jobs"]

@@ -138,6 +138,9 @@ class InsertionDeletionResult(MetricResult):
         return {"insertion_auc": self.insertion_auc.mean().item(), "deletion_auc": self.deletion_auc.mean().item(),
                 "overall": self.overall.mean().item()}
 
+    def to_dict(self) -> dict:
+        return {**super().to_dict(), "overall": self.overall.tolist()}
+
 
 def insertion_deletion(model: nn.Module, x: torch.Tensor, saliency: torch.Tensor, target=None,
                        protocol: str | InsertionDeletionProtocol = "rise", batch_size: int = 64,

@@ -27,7 +27,8 @@ def boxes_to_mask(boxes: torch.Tensor | Sequence[Sequence[float]], size: tuple[i
     cols = torch.arange(width, dtype=torch.float64).view(1, 1, -1)
     xmin, ymin, xmax, ymax = (boxes[:, i].view(-1, 1, 1) for i in range(4))
     if (boxes[:, 2] < boxes[:, 0]).any() or (boxes[:, 3] < boxes[:, 1]).any():
-        raise ValueError(f"boxes must be (xmin, ymin, xmax, ymax) with xmax >= xmin and ymax >= ymin, got {boxes.tolist()}")
+        raise ValueError("boxes must be (xmin, ymin, xmax, ymax) with xmax >= xmin and ymax >= ymin, "
+                         f"got {boxes.tolist()}")
     inside = (cols >= xmin) & (cols <= xmax) & (rows >= ymin) & (rows <= ymax)
     return inside.any(dim=0)
 
@@ -137,8 +138,8 @@ class PointingGame:
         regions = masks if masks is not None else boxes
         if len(regions) != count:
             raise ValueError(f"got {count} saliency maps and {len(regions)} ground-truth entries")
-        classes = [0] * count if classes is None else [int(c) for c in torch.as_tensor(classes).reshape(-1).tolist()]
-        difficult = [False] * count if difficult is None else [bool(d) for d in torch.as_tensor(difficult).reshape(-1).tolist()]
+        classes = [0] * count if classes is None else [int(c) for c in torch.as_tensor(classes).reshape(-1)]
+        difficult = [False] * count if difficult is None else [bool(d) for d in torch.as_tensor(difficult).reshape(-1)]
         if len(classes) != count or len(difficult) != count:
             raise ValueError(f"classes and difficult need one value per entry ({count})")
         if image_sizes is not None and len(image_sizes) != count:

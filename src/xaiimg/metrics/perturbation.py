@@ -71,7 +71,13 @@ def _unit_range_maps(model: nn.Module, mean, std) -> tuple[Callable, Callable]:
         def shape(values, like):
             return torch.as_tensor(values, dtype=like.dtype, device=like.device).view(1, -1, 1, 1)
 
-        return (lambda x: x * shape(std, x) + shape(mean, x)), (lambda image: (image - shape(mean, image)) / shape(std, image))
+        def to_unit(x):
+            return x * shape(std, x) + shape(mean, x)
+
+        def from_unit(image):
+            return (image - shape(mean, image)) / shape(std, image)
+
+        return to_unit, from_unit
     spec = getattr(model, "spec", None)
     if spec is None:
         raise ValueError("the model has no spec; pass mean= and std= of its input normalisation, "

@@ -118,8 +118,9 @@ def model_randomisation(model: nn.Module, explainer, x: torch.Tensor, target=Non
     layers by name (it is run on a deep copy). ``target``: ``None`` uses the class the unrandomised model
     predicts, kept for every randomised model. ``layers``: module names to randomise (default
     :func:`randomisable_layers`); they are randomised from the output end (reverse definition order), each with
-    :func:`randomise_layer` and ``seed``. Spearman is taken on the raw maps (absolute value when ``absolute``, as
-    Adebayo et al.), SSIM on per-sample min-max normalised maps with ``data_range=1``.
+    :func:`randomise_layer` and ``seed``. ``absolute=True`` compares the absolute values of the maps (Adebayo et
+    al.'s "ABS" variant; Quantus MPRT's ``abs=True``), ``False`` the signed maps. Spearman is taken on those maps,
+    SSIM on them after per-sample min-max normalisation, with ``data_range=1``.
     The caller's model is never modified: everything runs on ``copy.deepcopy(model)``.
     """
     check_metric_inputs(model, x, target, batch_size)
@@ -143,16 +144,20 @@ def model_randomisation(model: nn.Module, explainer, x: torch.Tensor, target=Non
 
     with preserved_state(subject):
         targets = resolve_targets(target, forward_in_chunks(subject, x, batch_size))
-    original = check_maps(explain(subject, x, targets), x, "explainer")
+
+    def explain_maps() -> torch.Tensor:
+        maps = check_maps(explain(subject, x, targets), x, "explainer")
+        return maps.abs() if absolute else maps
+
+    original = explain_maps()
     original_state = copy.deepcopy(subject.state_dict())
     spearman_rows, ssim_rows = [], []
     for name in order:
         if mode == "independent":
             subject.load_state_dict(original_state)
         randomise_layer(subject.get_submodule(name), seed)
-        maps = check_maps(explain(subject, x, targets), x, "explainer")
-        correlation = spearman_correlation(original, maps)
-        spearman_rows.append(correlation.abs() if absolute else correlation)
+        maps = explain_maps()
+        spearman_rows.append(spearman_correlation(original, maps))
         ssim_rows.append(ssim(minmax_normalize(original), minmax_normalize(maps)))
     return RandomisationResult(mode=mode, layers=order, targets=targets.cpu(),
                                spearman=torch.stack(spearman_rows).cpu(), ssim=torch.stack(ssim_rows).cpu())
