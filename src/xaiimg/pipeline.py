@@ -83,11 +83,12 @@ def output_folders(*folders: str | Path) -> list[Path]:
 
 
 def synthetic_model(folder: str | Path, kind: str = "cnn", train_if_missing: bool = False, seed: int = 0,
-                    train_size: int = 600, epochs: int = 2):
+                    size: int = 64, train_size: int = 1000, epochs: int = 3):
     """The trained synthetic-benchmark model ``<folder>/<kind>.pt`` (the DVC ``synthetic`` stage writes it).
 
     With ``train_if_missing`` (notebooks' CI parameters), a missing checkpoint is trained with a quick recipe
-    (``train_size`` images, ``epochs``) and saved there; its held-out accuracy is in ``model.synthetic_metrics``.
+    (``size`` px scenes, ``train_size`` images, ``epochs``) and saved there; its held-out accuracy is in
+    ``model.synthetic_metrics`` (the notebooks print it).
     """
     from dataclasses import replace
 
@@ -97,8 +98,8 @@ def synthetic_model(folder: str | Path, kind: str = "cnn", train_if_missing: boo
     path = Path(folder) / f"{kind}.pt"
     if not path.is_file() and train_if_missing:
         recipe = replace(DEFAULT_RECIPES[kind]["train"], epochs=epochs)
-        model, config, metrics = train_synthetic_model(kind, seed=seed, train_size=train_size, train_config=recipe,
-                                                       test_size=200)
+        model, config, metrics = train_synthetic_model(kind, seed=seed, size=size, train_size=train_size,
+                                                       train_config=recipe, test_size=200)
         save_checkpoint(model, config, metrics, path)
     return load_synthetic_model(path)
 
