@@ -140,8 +140,7 @@ class Pass(Rule):
     i.e. ``c_in = c_out * a / x`` (0 where ``x == 0``, where ``R_out = 0`` too)."""
 
     def input_gradient(self, module, x, z, c_out):
-        ratio = torch.where(x != 0, z / torch.where(x != 0, x, torch.ones_like(x)), torch.zeros_like(x))
-        return c_out * ratio
+        return c_out * torch.nan_to_num_(z / x, nan=0.0)  # gates have a(0) = 0, so 0/0 is the only NaN
 
 
 def _positive_part(t: torch.Tensor | None) -> torch.Tensor | None:
@@ -156,9 +155,12 @@ class _TwoWeightRule(Rule):
     """Rules built from two modified weight sets ``A`` (for positive contributions) and ``B``:
 
     ``z_pos = A x+ + b_A + B x-``, ``z_neg = B x+ + b_B + A x-`` and
-    ``c_in = [x>0] (A^T g_pos + B^T g_neg) + [x<0] (B^T g_pos + A^T g_neg)`` with ``g_pos, g_neg`` from
-    :meth:`upper_gradients`. ``x-`` terms are skipped when the input has no negative entries (after ReLUs).
+    ``c_in = [x>0] (A^T g_pos + B^T g_neg) + [x<0] (B^T g_pos + A^T g_neg)`` with ``g_pos``, ``g_neg`` from
+    :meth:`positive_gradient` / :meth:`negative_gradient`. ``x-`` terms are skipped when the input has no
+    negative entries (after ReLUs), and ``B`` entirely when there is no negative term as well (z+).
     """
+
+    negative_term = True
 
     def __init__(self, stabilizer: float = 1e-6):
         self.stabilizer = stabilizer
@@ -166,27 +168,30 @@ class _TwoWeightRule(Rule):
     def weights(self, module) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
         raise NotImplementedError
 
-    def upper_gradients(self, z, z_pos, z_neg, relevance) -> tuple[torch.Tensor, torch.Tensor]:
+    def positive_gradient(self, z, z_pos, relevance) -> torch.Tensor:
+        raise NotImplementedError
+
+    def negative_gradient(self, z, z_neg, relevance) -> torch.Tensor:
         raise NotImplementedError
 
     def input_gradient(self, module, x, z, c_out):
         weight_a, weight_b, bias_a, bias_b = self.weights(module)
         relevance = z * c_out
-        has_negative = bool((x < 0).any())
-        inputs = torch.cat([x.clamp(min=0), x.clamp(max=0)]) if has_negative else x.clamp(min=0)
-        inputs = inputs.detach().requires_grad_()
+        batch = x.shape[0]
+        if not bool((x < 0).any()):
+            inputs = x.clamp(min=0).detach().requires_grad_()
+            out_a = linear_map(module, inputs, weight_a)
+            g_pos = self.positive_gradient(z, add_bias(module, out_a, bias_a), relevance)
+            if not self.negative_term:
+                return vjp([out_a], [inputs], [g_pos])[0] * (x > 0)
+            out_b = linear_map(module, inputs, weight_b)
+            g_neg = self.negative_gradient(z, add_bias(module, out_b, bias_b), relevance)
+            return vjp([out_a, out_b], [inputs], [g_pos, g_neg])[0] * (x > 0)
+        inputs = torch.cat([x.clamp(min=0), x.clamp(max=0)]).detach().requires_grad_()
         out_a = linear_map(module, inputs, weight_a)
         out_b = linear_map(module, inputs, weight_b)
-        batch = x.shape[0]
-        if has_negative:
-            z_pos = add_bias(module, out_a[:batch], bias_a) + out_b[batch:]
-            z_neg = add_bias(module, out_b[:batch], bias_b) + out_a[batch:]
-        else:
-            z_pos, z_neg = add_bias(module, out_a, bias_a), add_bias(module, out_b, bias_b)
-        g_pos, g_neg = self.upper_gradients(z, z_pos, z_neg, relevance)
-        if not has_negative:
-            grad_a, = vjp([out_a, out_b], [inputs], [g_pos, g_neg])
-            return grad_a * (x > 0)
+        g_pos = self.positive_gradient(z, add_bias(module, out_a[:batch], bias_a) + out_b[batch:], relevance)
+        g_neg = self.negative_gradient(z, add_bias(module, out_b[:batch], bias_b) + out_a[batch:], relevance)
         grad, = vjp([out_a, out_b], [inputs], [torch.cat([g_pos, g_neg]), torch.cat([g_neg, g_pos])])
         return grad[:batch] * (x > 0) + grad[batch:] * (x < 0)
 
@@ -203,14 +208,17 @@ class AlphaBeta(_TwoWeightRule):
             raise ValueError(f"alpha - beta must equal 1 (conservation), got alpha={alpha}, beta={beta}")
         super().__init__(stabilizer)
         self.alpha, self.beta = alpha, beta
+        self.negative_term = beta != 0
 
     def weights(self, module):
         return (module.weight.clamp(min=0), module.weight.clamp(max=0),
                 _positive_part(module.bias), _negative_part(module.bias))
 
-    def upper_gradients(self, z, z_pos, z_neg, relevance):
-        return (self.alpha * relevance / stabilize(z_pos, self.stabilizer),
-                -self.beta * relevance / stabilize(z_neg, self.stabilizer))
+    def positive_gradient(self, z, z_pos, relevance):
+        return self.alpha * relevance / stabilize(z_pos, self.stabilizer)
+
+    def negative_gradient(self, z, z_neg, relevance):
+        return -self.beta * relevance / stabilize(z_neg, self.stabilizer)
 
 
 class ZPlus(AlphaBeta):
@@ -238,9 +246,11 @@ class Gamma(_TwoWeightRule):
                 None if bias is None else bias + self.gamma * bias.clamp(min=0),
                 None if bias is None else bias + self.gamma * bias.clamp(max=0))
 
-    def upper_gradients(self, z, z_pos, z_neg, relevance):
-        return ((z > 0) * relevance / stabilize(z_pos, self.stabilizer),
-                (z < 0) * relevance / stabilize(z_neg, self.stabilizer))
+    def positive_gradient(self, z, z_pos, relevance):
+        return (z > 0) * relevance / stabilize(z_pos, self.stabilizer)
+
+    def negative_gradient(self, z, z_neg, relevance):
+        return (z < 0) * relevance / stabilize(z_neg, self.stabilizer)
 
 
 class _InputLayerRule(Rule):
