@@ -129,7 +129,7 @@ def shape_mask(shape: str, centre: tuple[float, float], radius: float, size: int
         return (dy.abs() <= side) & (dx.abs() <= side)
     if shape == "diamond":
         return dy.abs() + dx.abs() <= radius
-    if shape == "triangle":  # apex up, base at centre + radius/2, inscribed in the circle of the radius
+    if shape == "triangle":  # equilateral, apex down: base (side r*sqrt(3)) at row centre - r, apex at centre + r/2
         half_width = (radius / 2 - dy) / math.sqrt(3)
         return (dy >= -radius) & (dy <= radius / 2) & (dx.abs() <= half_width)
     raise ValueError(f"unknown shape {shape!r}; available: {SHAPES}")
@@ -147,7 +147,8 @@ def _coloured(luminance: float, tint: tuple[float, float, float], pattern: torch
     return (luminance + pattern) * (1 + colour - colour.mean())
 
 
-def render_scene(scene: Scene, config: CompositionConfig, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+def render_scene(scene: Scene, config: CompositionConfig,
+                 generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
     """``(image [3,H,W] in [0,1], subject mask [1,H,W] bool)``. The background carries coarse and fine noise
     (the fine part is what background blur removes); the subject carries oriented stripes."""
     size, scale = config.size, config.size / 224
@@ -187,7 +188,7 @@ class CompositionSet:
         return len(self.scenes)
 
     def dataset(self, spec=None) -> TensorDataset:
-        """``(image, distribution)`` pairs; images normalised with ``spec.from_unit_range`` when a ModelSpec is given."""
+        """``(image, distribution)`` pairs; images normalised with ``spec.from_unit_range`` given a ModelSpec."""
         images = self.images if spec is None else spec.from_unit_range(self.images)
         return TensorDataset(images, self.distributions)
 

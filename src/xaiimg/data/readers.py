@@ -72,7 +72,8 @@ class ImageNetVal:
             self.items = self._class_folders(synsets)
             return
         labels = _require(Path(labels), "ImageNet val labels", IMAGENET_LAYOUT)
-        first_line = labels.open().readline().strip().lower()
+        with labels.open() as handle:
+            first_line = handle.readline().strip().lower()
         if first_line.startswith("imageid,predictionstring"):
             synsets = Path(synsets) if synsets is not None else labels.parent / "LOC_synset_mapping.txt"
             by_file = self._loc_solution(labels, _read_synsets(synsets))

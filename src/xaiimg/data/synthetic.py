@@ -3,8 +3,15 @@
 Every image is a crop of a texture photograph that scikit-image ships (brick, grass, gravel, moon surface,
 coffee table, stained tissue), recoloured at random, with one object (``multi_object=False``) or two objects of
 different classes (``multi_object=True``) painted on it. The class of an object is its shape only
-(disc, square, triangle, cross, ring, star): fill colour, texture shading, size (diameter 0.15-0.35 of the image
-side), rotation and position are drawn at random for every object, so no colour or position identifies a class.
+(disc, square, triangle, cross, ring, star), optionally backed by a colour family: with ``class_hues=True`` (the
+default) an object's hue is drawn from its class's sector of the hue circle (sector ``k`` of ``num_classes``,
+jittered over its central 80%), with random saturation, brightness and texture shading; with ``class_hues=False``
+the hue is uniform, so only the shape tells the classes apart. Size (enclosing-disc diameter 0.15-0.35 of the
+image side), rotation and position are random for every object, and backgrounds are recoloured at random, so no
+position or background identifies a class. (Why the default has colour families: a small CNN trained for a few
+CPU minutes on shape-only scenes stayed near chance: 32% held-out accuracy, cross-entropy 1.66 of ln 6 = 1.79,
+after 8,192 training images at 112 px. The colour cue lets the models learn in the time budget, and it lives on
+the object's pixels only, so the masks remain the exact class evidence.)
 
 Ground truth is exact by construction: an object's mask is the set of pixels whose centre lies inside the shape,
 and exactly those pixels are overwritten with the object's paint (no anti-aliasing), so
@@ -123,8 +130,9 @@ def _texture_crop(rng: np.random.Generator, name: str, size: int, min_fraction: 
     return np.clip(_resize(np.ascontiguousarray(crop), size), 0.0, 1.0)
 
 
-def _random_colour(rng: np.random.Generator, saturation=(0.4, 1.0), value=(0.45, 1.0)) -> np.ndarray:
-    return np.array(colorsys.hsv_to_rgb(rng.random(), rng.uniform(*saturation), rng.uniform(*value)), np.float32)
+def _random_colour(rng: np.random.Generator, hue=(0.0, 1.0), saturation=(0.4, 1.0), value=(0.45, 1.0)) -> np.ndarray:
+    return np.array(colorsys.hsv_to_rgb(rng.uniform(*hue) % 1.0, rng.uniform(*saturation), rng.uniform(*value)),
+                    np.float32)
 
 
 def _background(rng: np.random.Generator, size: int) -> np.ndarray:
@@ -142,14 +150,16 @@ def _background(rng: np.random.Generator, size: int) -> np.ndarray:
     return np.clip(image, 0.0, 1.0).astype(np.float32)
 
 
-def _object_paint(rng: np.random.Generator, size: int, background_colour: np.ndarray) -> np.ndarray:
-    """``size x size x 3`` paint for one object: a random colour shaded by a grayscale texture (0.7-1.0).
+def _object_paint(rng: np.random.Generator, size: int, background_colour: np.ndarray,
+                  hue_range: tuple[float, float]) -> np.ndarray:
+    """``size x size x 3`` paint for one object: a colour with hue in ``hue_range`` (random saturation and
+    brightness) shaded by a grayscale texture (0.7-1.0).
 
-    The colour is redrawn until it lies at least :data:`MIN_COLOUR_DISTANCE` (RGB, Euclidean) from the
-    background's mean colour, so every object is visible; its hue stays uniform over classes.
+    The colour is redrawn (up to 100 times) until it lies at least :data:`MIN_COLOUR_DISTANCE` (RGB, Euclidean)
+    from the background's mean colour, so objects stand out.
     """
     for _ in range(100):
-        colour = _random_colour(rng)
+        colour = _random_colour(rng, hue=hue_range)
         if np.linalg.norm(0.85 * colour - background_colour) >= MIN_COLOUR_DISTANCE:
             break
     name = TEXTURES[int(rng.integers(4))]  # the grayscale ones
@@ -245,11 +255,12 @@ class SyntheticBenchmark:
 
     ``size``: image side in pixels; ``num_classes``: how many of :data:`SHAPES` (in order) are classes;
     ``scale``: range of an object's enclosing-disc diameter as a fraction of ``size``; ``gap``: minimum pixels
-    between the enclosing discs of two objects in one scene.
+    between the enclosing discs of two objects in one scene; ``class_hues``: colour families per class (see the
+    module docstring).
     """
 
     def __init__(self, size: int = 224, num_classes: int = len(SHAPES), seed: int = 0,
-                 scale: tuple[float, float] = (0.15, 0.35), gap: float = 4.0):
+                 scale: tuple[float, float] = (0.15, 0.35), gap: float = 4.0, class_hues: bool = True):
         if not 2 <= num_classes <= len(SHAPES):
             raise ValueError(f"num_classes must be 2..{len(SHAPES)}, got {num_classes}")
         if not 0 < scale[0] <= scale[1] <= 0.45:
@@ -257,7 +268,13 @@ class SyntheticBenchmark:
         if size < 16:
             raise ValueError(f"size must be at least 16 pixels, got {size}")
         self.size, self.num_classes, self.seed = int(size), int(num_classes), int(seed)
-        self.scale, self.gap = (float(scale[0]), float(scale[1])), float(gap)
+        self.scale, self.gap, self.class_hues = (float(scale[0]), float(scale[1])), float(gap), bool(class_hues)
+
+    def hue_range(self, label: int) -> tuple[float, float]:
+        """Hues an object of class ``label`` may take: the central 80% of its sector, or all of them."""
+        if not self.class_hues:
+            return 0.0, 1.0
+        return (label + 0.1) / self.num_classes, (label + 0.9) / self.num_classes
 
     @property
     def class_names(self) -> list[str]:
@@ -266,7 +283,7 @@ class SyntheticBenchmark:
     @property
     def config(self) -> dict:
         return {"size": self.size, "num_classes": self.num_classes, "seed": self.seed, "scale": list(self.scale),
-                "gap": self.gap}
+                "gap": self.gap, "class_hues": self.class_hues}
 
     def generate(self, n: int, multi_object: bool = False, split: str = "train", start: int = 0,
                  with_backgrounds: bool = False) -> SyntheticSet:
@@ -306,7 +323,7 @@ class SyntheticBenchmark:
             cx, cy, radius = self._place(rng, placed)
             angle = rng.uniform(0, 2 * np.pi)
             mask = shape_mask(SHAPES[label], self.size, cx, cy, radius, angle)
-            paint = _object_paint(rng, self.size, background.reshape(-1, 3).mean(axis=0))
+            paint = _object_paint(rng, self.size, background.reshape(-1, 3).mean(axis=0), self.hue_range(label))
             image[mask] = paint[mask]
             placed.append((cx, cy, radius))
             masks.append(mask)
