@@ -75,7 +75,7 @@ def _targets_before_passes(model: nn.Module, x: torch.Tensor, target: TargetLike
     if target is None:
         with torch.no_grad():
             return resolve_targets(None, model(x))
-    num_classes = num_classes_of(model) or torch.iinfo(torch.int64).max
+    num_classes = num_classes_of(model) or torch.iinfo(torch.int32).max   # checked again on the logits
     shape_only = torch.empty(x.shape[0], 1, device=x.device).expand(x.shape[0], num_classes)
     return resolve_targets(target, shape_only)
 
@@ -236,6 +236,7 @@ class Occlusion(ChannelReduced):
     ``baseline`` (0 in model-input space) over all channels with ``stride``; each pixel gets the mean drop
     ``S_k(x) - S_k(x_occluded)`` over the windows covering it. ``score``: ``"probability"`` (softmax, Zeiler &
     Fergus's class probability; default) or ``"logit"``. ``batch_size``: occluded images per forward.
+    Captum 0.9 averages over windows in float32, so float64 inputs get float32-precise maps.
     Passes (no backward): Captum's unoccluded forward, ``ceil(n_windows / max(1, batch_size // B))`` occluded
     forwards, plus one prediction forward when ``target=None``."""
 
@@ -259,7 +260,8 @@ class Occlusion(ChannelReduced):
             raise ValueError(f"occlusion window {self.window} is larger than the image {tuple(x.shape[-2:])}")
         targets = _targets_before_passes(model, x, target)
         with torch.no_grad():
-            return CaptumOcclusion(_checked_outputs(model, targets, self.score == "probability")).attribute(
+            attributions = CaptumOcclusion(_checked_outputs(model, targets, self.score == "probability")).attribute(
                 x, sliding_window_shapes=(x.shape[1], self.window, self.window),
                 strides=(x.shape[1], self.stride, self.stride), baselines=self.baseline, target=targets,
                 perturbations_per_eval=max(1, self.batch_size // x.shape[0]))
+        return attributions.to(x.dtype)   # Captum divides by the window counts in float32
