@@ -32,22 +32,6 @@ def _aesthetic(model: nn.Module) -> AestheticModel:
 
 
 # ------------------------------------------------------------------------------------ 1. feature maps
-class ChannelReadout(nn.Module):
-    """``[B,C]`` = spatial maximum of each channel of ``layer``'s output: explaining channel ``c`` projects its
-    strongest activation back to the pixels (Zeiler & Fergus, ECCV 2014, Sec. 2.1)."""
-
-    def __init__(self, model: nn.Module, layer: str):
-        super().__init__()
-        self.model = model
-        self.layer_name = layer
-        self.layer = resolve_layer(model, layer)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        with capture_outputs([self.layer]) as outputs:
-            self.model(x)
-        return outputs[0].amax(dim=(2, 3))
-
-
 @dataclass
 class StageMaps:
     """``maps[stage]``: ``[B,1,H,W]`` in [0,1]; ``channels[stage]``: the channel shown per sample;
@@ -69,9 +53,10 @@ def feature_maps_by_stage(model: nn.Module, x: torch.Tensor, stages: dict[str, s
     """For each stage (name -> layer, default :data:`DEFAULT_STAGES`: Lite0 blocks 1 (56x56), 3 (14x14) and the
     conv_head map (7x7)), the channel whose activation peaks highest in each image, shown in pixel space.
 
-    ``projection="deconvnet"``: the registered ``"deconvnet"`` method explains that channel's peak
-    (:class:`ChannelReadout`); ``"upsample"``: the channel's feature map, bilinearly upsampled; ``"auto"``:
-    deconvnet when registered, else upsample. Maps are min-max normalised per image.
+    ``projection="deconvnet"``: the registered ``"deconvnet"`` method (Zeiler & Fergus 2014) projects that
+    channel's peak activation alone back to the pixels; ``"upsample"``: the channel's whole feature map,
+    bilinearly upsampled; ``"auto"``: deconvnet when registered, else upsample. Maps are min-max normalised
+    per image.
     """
     check_images(x)
     if projection not in PROJECTIONS:
@@ -88,7 +73,7 @@ def feature_maps_by_stage(model: nn.Module, x: torch.Tensor, stages: dict[str, s
         if projection == "deconvnet":
             from xaiimg.methods import get_method
 
-            maps[name] = get_method("deconvnet")(ChannelReadout(model, layer), x, target=channels[name])
+            maps[name] = get_method("deconvnet", layer=layer)(model, x)  # default unit: the layer's peak
         else:
             selected = out.gather(1, channels[name].view(-1, 1, 1, 1).expand(-1, 1, *out.shape[2:]))
             maps[name] = minmax_normalize(upsample(selected, x.shape[-2:]))
@@ -96,6 +81,7 @@ def feature_maps_by_stage(model: nn.Module, x: torch.Tensor, stages: dict[str, s
 
 
 # ---------------------------------------------------------------------------------------------- 2. CAM
+@torch.no_grad()
 def class_activation_maps(model: nn.Module, x: torch.Tensor, target: TargetLike | str = "score") -> torch.Tensor:
     """CAM at the aggregated map ``F`` (``model.aggregate``), exact because the head is GAP + linear:
     ``CAM = sum_k w_k F_k`` (Zhou et al. 2016; bias dropped, min-max per image as in the official code).
@@ -107,7 +93,7 @@ def class_activation_maps(model: nn.Module, x: torch.Tensor, target: TargetLike 
     """
     check_images(x)
     aesthetic = _aesthetic(model)
-    with preserved_state(aesthetic, x), torch.no_grad(), capture_outputs([aesthetic.aggregate]) as outputs:
+    with preserved_state(aesthetic, x), capture_outputs([aesthetic.aggregate]) as outputs:
         logits = aesthetic(x)
     features, head = outputs[0], aesthetic.classifier.weight
     if isinstance(target, str):
@@ -160,7 +146,8 @@ def subject_focus_study(model_attention: nn.Module, model_plain: nn.Module, x: t
 
     Returns per-variant ``shares`` (``[N]``) with their ``mean`` and ``std``, the masks' mean ``area`` (what a
     uniform map would score), the paired difference (attention - plain) ``mean`` and the number of images where
-    attention puts more mass on the subject, and the Wilcoxon signed-rank p-value of the paired difference.
+    attention puts more mass on the subject, and the two-sided Wilcoxon signed-rank p-value of the paired
+    difference. Images whose map has no mass (NaN share) are left out of the means and the test.
     """
     from scipy.stats import wilcoxon
 
@@ -177,10 +164,11 @@ def subject_focus_study(model_attention: nn.Module, model_plain: nn.Module, x: t
         entry.update(mean=float(valid.mean()), std=float(valid.std()), undefined=int(entry["shares"].isnan().sum()))
     difference = result["attention"]["shares"] - result["plain"]["shares"]
     difference = difference[~difference.isnan()]
+    # identical shares give no evidence of a shift (scipy's test is undefined there)
+    p_value = float(wilcoxon(difference.double().numpy()).pvalue) if difference.abs().sum() > 0 else 1.0
     result["area"] = float(masks.flatten(1).float().mean(1).mean())
     result["difference"] = {"mean": float(difference.mean()), "attention_higher": int((difference > 0).sum()),
-                            "count": int(difference.numel()),
-                            "wilcoxon_p": float(wilcoxon(difference.double().numpy()).pvalue)}
+                            "count": int(difference.numel()), "wilcoxon_p": p_value}
     return result
 
 
@@ -203,3 +191,66 @@ def lrp_through_attention(model: nn.Module, x: torch.Tensor, target: TargetLike 
         raise ValueError("explain_score explains the single score output; leave target as None or 0")
     with attention_detached(subject):
         return explainer(subject, x, target=0 if explain_score else target, normalize=normalize)
+
+
+# ------------------------------------------------------------------------------------------- run loading
+def load_composition_run(out_dir, split: str = "test"):
+    """``(model with attention, model without, CompositionSet)`` of a run of
+    ``python -m xaiimg.models.aesthetic train --out <out_dir>``: the best-on-validation checkpoints and the
+    benchmark split regenerated from the run's recorded config and seed."""
+    import json
+    from pathlib import Path
+
+    from xaiimg.data.composition import CompositionConfig, make_composition_set
+    from xaiimg.models.aesthetic import load_aesthetic
+
+    out_dir = Path(out_dir)
+    summary_path = out_dir / "summary.json"
+    if not summary_path.is_file():
+        raise FileNotFoundError(f"{summary_path} not found; run "
+                                f"`python -m xaiimg.models.aesthetic train --out {out_dir}` first")
+    benchmark = json.loads(summary_path.read_text())["benchmark"]
+    if split not in benchmark["seeds"]:
+        raise ValueError(f"split must be one of {sorted(benchmark['seeds'])}, got {split!r}")
+    config = CompositionConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in benchmark["config"].items()})
+    images = make_composition_set(benchmark["sizes"][split], config, seed=benchmark["seeds"][split])
+    return load_aesthetic(out_dir / "attention" / "best.pt"), load_aesthetic(out_dir / "plain" / "best.pt"), images
+
+
+def focus_report(out_dir, targets=("score", None), batch_size: int = 16) -> dict:
+    """:func:`subject_focus_study` on the held-out split of a composition run, for each CAM target
+    (``"score"`` and the predicted bin by default); per-image shares as lists, JSON-ready."""
+    with_attention, plain, held_out = load_composition_run(out_dir)
+    x = with_attention.spec.from_unit_range(held_out.images)
+    report = {}
+    for target in targets:
+        study = subject_focus_study(with_attention, plain, x, held_out.masks, target=target, batch_size=batch_size)
+        for name in ("attention", "plain"):
+            study[name]["shares"] = study[name]["shares"].tolist()
+        report["score" if target == "score" else "predicted-bin"] = study
+    return report
+
+
+def main(argv=None) -> None:
+    import argparse
+    import json
+    from pathlib import Path
+
+    parser = argparse.ArgumentParser(prog="python -m xaiimg.analysis.aesthetic",
+                                     description="subject mass share of CAM with vs without attention, held-out split")
+    parser.add_argument("--run", required=True, help="output folder of `python -m xaiimg.models.aesthetic train`")
+    parser.add_argument("--out", required=True, help="JSON file to write")
+    args = parser.parse_args(argv)
+    report = focus_report(args.run)
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(report, indent=2))
+    for target, study in report.items():
+        attention, plain = study["attention"], study["plain"]
+        print(f"CAM target {target}: subject mass share with attention {attention['mean']:.3f} "
+              f"+- {attention['std']:.3f}, without {plain['mean']:.3f} +- {plain['std']:.3f} "
+              f"(uniform map {study['area']:.3f}); attention higher on {study['difference']['attention_higher']}/"
+              f"{study['difference']['count']}, Wilcoxon p = {study['difference']['wilcoxon_p']:.2g}")
+
+
+if __name__ == "__main__":
+    main()

@@ -27,6 +27,7 @@ both variants on the synthetic composition benchmark (:mod:`xaiimg.data.composit
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import math
 import time
@@ -289,11 +290,20 @@ def aesthetic_loss(logits: torch.Tensor, target: torch.Tensor, score_weight: flo
     return emd_loss(predicted, target) + score_weight * F.mse_loss(mean_score(predicted), mean_score(target))
 
 
-def rank_correlation(a: torch.Tensor, b: torch.Tensor) -> float:
-    """Spearman's rank correlation (SRCC), average ranks for ties."""
-    from scipy.stats import spearmanr
+def average_ranks(values: torch.Tensor) -> torch.Tensor:
+    """Ranks 1..N of a 1-D tensor, ties sharing their average rank (float64)."""
+    order = torch.argsort(values, stable=True)
+    _, group, counts = torch.unique_consecutive(values[order], return_inverse=True, return_counts=True)
+    ends = counts.cumsum(0)
+    group_rank = (ends - counts + ends + 1).double() / 2   # mean of positions start+1 .. end
+    ranks = torch.empty(values.shape, dtype=torch.float64, device=values.device)
+    ranks[order] = group_rank[group]
+    return ranks
 
-    return float(spearmanr(a.double().numpy(), b.double().numpy()).statistic)
+
+def rank_correlation(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Spearman's rank correlation (SRCC): Pearson correlation of average ranks."""
+    return linear_correlation(average_ranks(a.flatten()), average_ranks(b.flatten()))
 
 
 def linear_correlation(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -316,7 +326,8 @@ def _check_pairs(dataset: Dataset, name: str) -> None:
         raise ValueError(f"{name} set is empty")
     image, distribution = dataset[0][:2]
     if distribution.shape[-1] != NUM_BINS:
-        raise ValueError(f"{name} set items must be (image, {NUM_BINS}-bin distribution), got {tuple(distribution.shape)}")
+        raise ValueError(f"{name} set items must be (image, {NUM_BINS}-bin distribution), "
+                         f"got {tuple(distribution.shape)}")
 
 
 @torch.no_grad()
@@ -335,7 +346,8 @@ def cache_features(model: AestheticModel, dataset: Dataset, batch_size: int = 32
 
 
 @torch.no_grad()
-def predict(model: AestheticModel, dataset: Dataset, batch_size: int = 32, cached: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+def predict(model: AestheticModel, dataset: Dataset, batch_size: int = 32,
+            cached: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """Predicted and target distributions ``[N,10]`` in eval mode (``cached``: items hold backbone features)."""
     was_training = model.training
     model.eval()
@@ -372,12 +384,14 @@ def _set_train_mode(model: AestheticModel) -> None:
 
 
 def save_checkpoint(model: AestheticModel, path: str | Path, **extra) -> None:
-    """Save the trained parameters: the head and attention always, backbone tensors only where trainable (a
-    frozen zoo backbone is restored from its weights package). ``extra`` is stored alongside (JSON-able)."""
-    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    """Save the trained state: head and attention always; of a zoo backbone only the modules with trainable
+    parameters (their BatchNorm statistics included), the frozen rest being restored from its weights package.
+    ``extra`` is stored alongside (JSON-able)."""
+    trained_modules = {f"backbone.{name}" for name, module in model.backbone.named_modules()
+                       if any(p.requires_grad for p in module.parameters(recurse=False))}
     keep_backbone = model.config is None
     state = {k: v for k, v in model.state_dict().items()
-             if keep_backbone or not k.startswith("backbone.") or k in trainable}
+             if keep_backbone or not k.startswith("backbone.") or k.rsplit(".", 1)[0] in trained_modules}
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     torch.save({"config": model.config, "state": state, "extra": extra}, path)
 
@@ -406,9 +420,10 @@ def train_aesthetic(model: AestheticModel, train_set: Dataset, val_set: Dataset 
     Items of ``train_set``/``val_set`` are ``(image [3,H,W], distribution [10])``, or with
     ``inputs="features"`` ``(backbone features [C,h,w], distribution)`` from :func:`cache_features`. The backbone
     is frozen except ``trainable_backbone``; when fully frozen, its features are computed once and only the
-    attention + head train (same result as running it every step: it is in eval mode either way). Shuffling and dropout use ``seed``; on CPU the run is deterministic
-    given the model's initial weights (seed torch before constructing the model). ``out_dir`` receives
-    ``last.pt``, ``best.pt`` (lowest validation loss, or the last epoch without ``val_set``) and ``metrics.json``.
+    attention + head train (same result as running it every step: it is in eval mode either way).
+    Shuffling and dropout use ``seed``; on CPU the run is deterministic given the model's initial weights (seed
+    torch before constructing the model). ``out_dir`` receives ``last.pt``, ``best.pt`` (lowest validation loss,
+    or the last epoch without ``val_set``) and ``metrics.json``.
     """
     _check_pairs(train_set, "training")
     if val_set is not None:
@@ -442,7 +457,7 @@ def train_aesthetic(model: AestheticModel, train_set: Dataset, val_set: Dataset 
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-            total += float(loss) * len(inputs)
+            total += loss.item() * len(inputs)
             count += len(inputs)
         record = {"epoch": epoch, "train_loss": total / count}
         if val_set is not None:
@@ -472,7 +487,7 @@ def train_aesthetic(model: AestheticModel, train_set: Dataset, val_set: Dataset 
 def train_on_composition(out: str | Path, seed: int = 0, size: int = 224, train: int = 384, val: int = 96,
                          test: int = 160, epochs: int = 20, backbone: str = "efficientnet_lite0",
                          aggregation: str = "concat", score_weight: float = 0.1, lr: float = 1e-3,
-                         log=print) -> dict:
+                         log=functools.partial(print, flush=True)) -> dict:
     """Train the attention and plain variants on the composition benchmark (frozen backbone, features cached
     once and shared); write ``<out>/{attention,plain}/`` checkpoints + metrics and ``<out>/summary.json`` with
     held-out (test split) SRCC/PLCC/accuracy of the best-on-validation checkpoint of each."""
