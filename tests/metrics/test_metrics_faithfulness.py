@@ -14,15 +14,6 @@ from xaiimg.metrics.faithfulness import rise_kernel1d, zeros_canvas
 from xaiimg.passes import count_passes
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models: one intra-op thread avoids oversubscription stalls on a busy 2-core machine (restored after)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 class RegionKeptModel(nn.Module):
     """softmax(logits)[0] = f, the fraction of ``region`` pixels still equal (all channels) to the original ``x0``."""
 

@@ -12,15 +12,6 @@ from xaiimg.passes import count_passes
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models: one intra-op thread avoids oversubscription stalls on a busy 2-core machine (restored after)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def spec(num_classes: int = 2) -> ModelSpec:
     return ModelSpec(name="toy", input_size=10, resize_size=10, interpolation="bilinear", mean=MEAN, std=STD,
                      default_layer="", layer_reason="", class_names=[f"c{i}" for i in range(num_classes)])

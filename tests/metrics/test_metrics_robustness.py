@@ -10,15 +10,6 @@ from xaiimg.metrics import max_sensitivity
 from xaiimg.metrics.robustness import fgsm, uniform_linf_noise
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models: one intra-op thread avoids oversubscription stalls on a busy 2-core machine (restored after)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def first_channel(model, x, targets):
     """An explanation equal to the input's first channel: e(x+d) - e(x) = d[:, :1]."""
     return x[:, :1].clone()

@@ -11,15 +11,6 @@ from xaiimg.methods.base import Explainer, select_scores
 from xaiimg.metrics import model_randomisation, randomisable_layers, spearman_correlation, ssim
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models: one intra-op thread avoids oversubscription stalls on a busy 2-core machine (restored after)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 class Gradient(Explainer):
     """|d logit_target / d x| summed over channels (Simonyan et al. 2014), a model-dependent map."""
 
