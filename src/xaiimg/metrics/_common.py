@@ -6,7 +6,7 @@ from typing import Callable, Sequence
 import torch
 from torch import nn
 
-from xaiimg.methods.base import batches, check_target_range, num_classes_of, preserved_state, resolve_targets
+from xaiimg.methods.base import batches, check_target_range, num_classes_of, resolve_targets
 from xaiimg.ops import check_images, upsample
 
 
@@ -42,7 +42,7 @@ def check_metric_inputs(model: nn.Module, x: torch.Tensor, target, batch_size: i
 
 @torch.no_grad()
 def forward_in_chunks(model: nn.Module, x: torch.Tensor, batch_size: int) -> torch.Tensor:
-    """``model(x)`` evaluated ``batch_size`` images at a time (the caller holds :func:`preserved_state`)."""
+    """``model(x)`` evaluated ``batch_size`` images at a time (the caller holds ``preserved_state``)."""
     return torch.cat([model(x[chunk]) for chunk in batches(x.shape[0], batch_size)])
 
 
