@@ -21,8 +21,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from xaiimg.metrics._common import (check_metric_inputs, original_logits_and_targets, prepare_saliency,
-                                    preserved_state, score_jobs)
+                                    score_jobs)
 from xaiimg.metrics.results import MetricResult
+from xaiimg.methods.base import preserved_state
 from xaiimg.ops import gaussian_blur, stable_descending_order
 
 Canvas = Callable[[torch.Tensor], torch.Tensor]

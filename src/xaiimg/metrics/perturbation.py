@@ -16,8 +16,9 @@ import torch
 from torch import nn
 
 from xaiimg.metrics._common import (as_index_tensor, check_metric_inputs, forward_in_chunks, prepare_saliency,
-                                    preserved_state, score_jobs)
+                                    score_jobs)
 from xaiimg.metrics.results import MetricResult
+from xaiimg.methods.base import preserved_state
 from xaiimg.ops import stable_descending_order
 
 CHEFER_FRACTIONS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)

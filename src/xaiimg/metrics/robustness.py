@@ -15,10 +15,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from xaiimg.metrics._common import (check_maps, check_metric_inputs, forward_in_chunks, preserved_state,
+from xaiimg.metrics._common import (check_maps, check_metric_inputs, forward_in_chunks,
                                     resolve_explainer)
 from xaiimg.metrics.results import MetricResult
-from xaiimg.methods.base import batches, frozen_parameters, resolve_targets
+from xaiimg.methods.base import batches, frozen_parameters, preserved_state, resolve_targets
 
 
 def uniform_linf_noise(shape: torch.Size, radius: float, samples: int, generator: torch.Generator,

@@ -16,10 +16,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from xaiimg.metrics._common import (check_maps, check_metric_inputs, forward_in_chunks, preserved_state,
+from xaiimg.metrics._common import (check_maps, check_metric_inputs, forward_in_chunks,
                                     resolve_explainer)
 from xaiimg.metrics.results import MetricResult
-from xaiimg.methods.base import resolve_targets
+from xaiimg.methods.base import preserved_state, resolve_targets
 from xaiimg.ops import minmax_normalize
 
 
