@@ -13,6 +13,16 @@ import papermill
 CHECK = "# NBVAL_CHECK_OUTPUT"
 
 
+def number_checked_cells(notebook) -> None:
+    """Give cells with stored outputs an execution count (nbval only compares cells marked as run) and clear the
+    count of every other code cell."""
+    for number, cell in enumerate((c for c in notebook.cells if c.cell_type == "code"), start=1):
+        cell.execution_count = number if cell.outputs else None
+        for output in cell.outputs:
+            if output.output_type == "execute_result":
+                output.execution_count = cell.execution_count
+
+
 def store(path: Path) -> None:
     executed = papermill.execute_notebook(str(path), None, cwd=str(path.parent), kernel_name="python3",
                                           progress_bar=False)
@@ -23,8 +33,8 @@ def store(path: Path) -> None:
             continue
         keep = cell.source.lstrip().startswith(CHECK)
         cell.outputs = [nbformat.from_dict(o) for o in ran.outputs] if keep else []
-        cell.execution_count = None
         cell.metadata.pop("execution", None)
+    number_checked_cells(source)
     nbformat.write(source, path)
     print(f"stored checked outputs of {path}")
 

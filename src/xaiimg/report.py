@@ -142,7 +142,7 @@ class RunRecord:
     parameters: dict[str, Any]
     metrics: dict[str, Any]
     versions: dict[str, str] = field(default_factory=package_versions)
-    time: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"))
+    time: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="microseconds"))
     run_id: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
 
 
