@@ -14,34 +14,10 @@ from torch import nn
 
 from xaiimg.methods.cameras import multiscale_passes, scaled_sizes
 from xaiimg.methods.msgcam import MSGCAM, upsampled_mean
-from xaiimg.models.zoo import ModelSpec, attach_spec
 from xaiimg.ops import gaussian_blur
 from xaiimg.passes import count_passes
 
-
-class StridedNet(nn.Module):
-    """conv(3->4, stride 2) -> ReLU -> conv(4->8) -> ReLU -> GAP -> linear(8->5); CAM layer ``features.3``."""
-
-    def __init__(self, seed: int = 4):
-        super().__init__()
-        generator = torch.Generator().manual_seed(seed)
-        self.features = nn.Sequential(nn.Conv2d(3, 4, 3, stride=2, padding=1), nn.ReLU(),
-                                      nn.Conv2d(4, 8, 3, padding=1), nn.ReLU())
-        self.pool = nn.AdaptiveAvgPool2d(1)
-        self.classifier = nn.Linear(8, 5)
-        with torch.no_grad():
-            for p in self.parameters():
-                p.copy_(torch.randn(p.shape, generator=generator) * 0.5)
-
-    def forward(self, x):
-        return self.classifier(self.pool(self.features(x)).flatten(1))
-
-
-def strided_net() -> nn.Module:
-    spec = ModelSpec(name="strided", input_size=32, resize_size=32, interpolation="bilinear", mean=(0.5,) * 3,
-                     std=(0.5,) * 3, default_layer="features.3", layer_reason="last conv",
-                     class_names=[f"c{i}" for i in range(5)])
-    return attach_spec(StridedNet().double(), spec)
+from tiny_nets import strided_cnn
 
 
 def images(batch: int) -> torch.Tensor:
@@ -109,7 +85,7 @@ def msg_cam_reference(model, x, targets, zetas, groups, theta, combine, denoise=
 @pytest.mark.parametrize("groups, combine, denoise, theta", [
     (4, "raw", "input", 70.0), (3, "denoised", "input", 70.0), (8, "raw", None, 70.0), (4, "raw", "input", 40.0)])
 def test_msg_cam_matches_literal_reference(batch, targets, groups, combine, denoise, theta):
-    model = strided_net()
+    model = strided_cnn()
     x = images(batch)
     explainer = MSGCAM(groups=groups, combine=combine, denoise=denoise, theta=theta, batch_size=5, **SCALES)
     assert explainer.scales(32) == [32, 40, 48]
@@ -120,7 +96,7 @@ def test_msg_cam_matches_literal_reference(batch, targets, groups, combine, deno
 
 
 def test_msg_cam_pass_counts_and_keep_masks():
-    model = strided_net()
+    model = strided_cnn()
     x = images(3)
     sizes = scaled_sizes((32, 32), [32, 40, 48], 32)
     _, _, keep, _ = multiscale_passes(model, model.features[3], x, sizes, MIXED_TARGETS, "bicubic")
@@ -136,14 +112,14 @@ def test_msg_cam_default_scales_and_no_nan_on_flat_input():
     assert MSGCAM().scales(224) == [224, 324, 424, 524, 624, 724, 824, 924]
     assert MSGCAM(zeta_0=200, zeta_max=100, num_scales=3).scales(224) == [200, 233, 266]
     assert MSGCAM(num_scales=1).scales(224) == [224]
-    model = strided_net()
+    model = strided_cnn()
     flat = torch.zeros(2, 3, 32, 32, dtype=torch.float64)
     out = MSGCAM(groups=4, **SCALES)(model, flat)
     assert torch.isfinite(out).all() and out.abs().sum() == 0
 
 
 def test_msg_cam_no_scale_policy_error_names_samples_and_removes_hooks():
-    model = strided_net()
+    model = strided_cnn()
     x = images(3)
     with pytest.raises(ValueError, match=r"no scale has the target class as top-1 for samples \[2\]"):
         MSGCAM(groups=4, on_no_scale="error", **SCALES)(model, x, target=MIXED_TARGETS)
