@@ -5,26 +5,15 @@ import math
 
 import pytest
 import torch
-from torch import nn
 
 from xaiimg.analysis.aesthetic import (cam_with_without_attention, class_activation_maps, feature_maps_by_stage,
                                        lrp_through_attention, subject_focus_study, subject_mass_share)
 from xaiimg.methods import Explainer, available_methods, get_method
 from xaiimg.methods.base import resolve_targets, select_scores
 from xaiimg.models.aesthetic import AestheticModel, attention_modules
+
+from aesthetic_nets import TinyBackbone
 from xaiimg.ops import minmax_normalize, upsample
-
-
-class TinyBackbone(nn.Module):
-    num_features = 16
-
-    def __init__(self):
-        super().__init__()
-        self.features = nn.Sequential(nn.Conv2d(3, 8, 3, stride=2, padding=1, bias=False), nn.ReLU(),
-                                      nn.Conv2d(8, 16, 3, stride=2, padding=1, bias=False), nn.ReLU())
-
-    def forward(self, x):
-        return self.features(x)
 
 
 def tiny(attention=True, seed=0, dtype=torch.float32):

@@ -16,19 +16,7 @@ from xaiimg.models.aesthetic import (AestheticModel, ChannelAttention, DualAtten
                                      attention_detached, average_ranks, emd_loss, load_aesthetic, main,
                                      rank_correlation, save_checkpoint, score_metrics, train_aesthetic)
 
-
-class TinyBackbone(nn.Module):
-    """Bias-free conv(3->8, s2) -> ReLU -> conv(8->16, s2) -> ReLU: a stand-in for the EfficientNet features."""
-
-    num_features = 16
-
-    def __init__(self):
-        super().__init__()
-        self.features = nn.Sequential(nn.Conv2d(3, 8, 3, stride=2, padding=1, bias=False), nn.ReLU(),
-                                      nn.Conv2d(8, 16, 3, stride=2, padding=1, bias=False), nn.ReLU())
-
-    def forward(self, x):
-        return self.features(x)
+from aesthetic_nets import TinyBackbone
 
 
 def tiny_model(attention=True, aggregation="concat", seed=0, init_scale=0.0, dtype=torch.float32):

@@ -9,7 +9,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from PIL import Image
 
 from xaiimg.cli import main
 from xaiimg.data import sample_images
