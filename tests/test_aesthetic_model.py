@@ -14,7 +14,8 @@ from xaiimg.analysis.aesthetic import main as analysis_main
 from xaiimg.data.composition import CompositionConfig, make_composition_set
 from xaiimg.models.aesthetic import (AestheticModel, ChannelAttention, DualAttention, PositionAttention,
                                      attention_detached, average_ranks, emd_loss, load_aesthetic, main,
-                                     rank_correlation, save_checkpoint, score_metrics, train_aesthetic)
+                                     rank_correlation, save_checkpoint, score_metrics, train_aesthetic,
+                                     train_on_ava)
 
 from aesthetic_nets import TinyBackbone
 
@@ -302,3 +303,70 @@ def test_cli_trains_both_variants(tmp_path):
     shares = focus["score"]["attention"]["shares"]
     assert len(shares) == 6 and all(0 <= v <= 1 for v in shares)
     assert focus["score"]["area"] == pytest.approx(float(held_out.masks.float().mean()))
+
+
+def test_training_without_the_feature_cache_gives_the_same_model():
+    """A frozen backbone is in eval mode either way, so caching its features changes memory, not the result."""
+    runs = []
+    for cache in (True, False):
+        model = tiny_model(seed=0)
+        metrics = train_aesthetic(model, tiny_dataset(), tiny_dataset(8, seed=6), epochs=3, batch_size=8, lr=3e-2,
+                                  cache=cache, seed=0)
+        runs.append((model, metrics))
+    (cached, cached_metrics), (streamed, streamed_metrics) = runs
+    assert cached_metrics["cached_features"] and not streamed_metrics["cached_features"]
+    assert [r["train_loss"] for r in streamed_metrics["history"]] == pytest.approx(
+        [r["train_loss"] for r in cached_metrics["history"]], rel=1e-5)
+    assert all(torch.allclose(p, q, atol=1e-6) for p, q in zip(cached.state_dict().values(),
+                                                                streamed.state_dict().values()))
+
+
+def _write_ava_fixture(root, ids, test_ids):
+    """JPEGs ``<id>.jpg`` (all but the last id) and AVA.txt-format label files for ``ids`` and ``test_ids``."""
+    from PIL import Image
+
+    generator = torch.Generator().manual_seed(0)
+    (root / "images").mkdir()
+    rows = []
+    for index, image_id in enumerate(ids):
+        votes = torch.randint(0, 20, (10,), generator=generator).tolist()
+        votes[index % 10] += 1
+        rows.append(" ".join(map(str, [index + 1, image_id, *votes, 0, 0, 1])))
+        if image_id != ids[-1]:
+            pixels = torch.randint(0, 256, (40, 48, 3), generator=generator, dtype=torch.uint8).numpy()
+            Image.fromarray(pixels).save(root / "images" / f"{image_id}.jpg")
+    (root / "AVA.txt").write_text("\n".join(rows) + "\n")
+    (root / "test.txt").write_text("\n".join(row for row in rows if row.split()[1] in test_ids) + "\n")
+
+
+def test_cli_trains_on_ava(tmp_path):
+    """``train-ava`` end to end on an AVA.txt fixture (real Lite0 backbone): standard split by the test file's
+    ids, seeded validation split, images without a file skipped, both variants with checkpoints and metrics."""
+    ids = [str(1000 + i) for i in range(14)]
+    _write_ava_fixture(tmp_path, ids, test_ids=ids[:4])
+    out = tmp_path / "run"
+    arguments = ["train-ava", "--out", str(out), "--labels", str(tmp_path / "AVA.txt"), "--images",
+                 str(tmp_path / "images"), "--test-labels", str(tmp_path / "test.txt"), "--epochs", "2",
+                 "--batch-size", "4", "--val-fraction", "0.2"]
+    main(arguments)
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["data"]["sizes"] == {"train": 7, "val": 2, "test": 4}   # 10 non-test ids, one without image
+    for variant in ("attention", "plain"):
+        held_out = summary["variants"][variant]["test"]
+        assert -1 <= held_out["srcc"] <= 1 and 0 <= held_out["accuracy"] <= 1
+        history = json.loads((out / variant / "metrics.json").read_text())["history"]
+        assert len(history) == 2 and (out / variant / "best.pt").is_file()
+    model = load_aesthetic(out / "plain" / "best.pt")
+    assert not model.attention
+    main(arguments[:2] + [str(tmp_path / "again")] + arguments[3:])
+    again = json.loads((tmp_path / "again" / "summary.json").read_text())
+    assert again["variants"]["attention"]["test"] == summary["variants"]["attention"]["test"]   # seeded
+
+
+def test_ava_training_rejects_bad_settings(tmp_path):
+    with pytest.raises(ValueError, match="variants"):
+        train_on_ava(tmp_path, "AVA.txt", tmp_path, "test.txt", variants=("both",))
+    with pytest.raises(ValueError, match="val_fraction"):
+        train_on_ava(tmp_path, "AVA.txt", tmp_path, "test.txt", val_fraction=1.0)
+    with pytest.raises(FileNotFoundError, match="AVA label file not found"):
+        train_on_ava(tmp_path, tmp_path / "AVA.txt", tmp_path, tmp_path / "test.txt")

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from xaiimg.analysis.thesis import (centre_baseline, edge_map, pointing_table, segmentation_table,
-                                    setting_differences, table_rows)
+                                    imagenet_subset, setting_differences, streamed_segmentation_table, table_rows)
 from xaiimg.compare import explain_methods
 from xaiimg.metrics.results import MetricResult
 
@@ -63,3 +63,72 @@ def test_explain_methods_times_each_method(tiny_cnn):
     result = explain_methods(tiny_cnn, x, {"grad-cam": {}, "gradient": {}})
     assert list(result.maps) == ["grad-cam", "gradient"] and all(t > 0 for t in result.seconds.values())
     assert result.maps["grad-cam"].shape == (2, 1, 16, 16)
+
+
+def test_streamed_segmentation_table_equals_the_one_shot_table_on_an_imagenet_segmentation_file(tmp_path, tiny_cnn):
+    """Chunks of 2 images through ImageNetSegmentation.resized give exactly the table of all maps at once."""
+    import numpy as np
+
+    from test_readers import _write_gtsegs
+    from xaiimg.data.readers import ImageNetSegmentation
+
+    rng = np.random.default_rng(0)
+    items = []
+    for index, (height, width) in enumerate([(20, 24), (16, 16), (30, 18), (17, 21), (22, 22)]):
+        mask = np.zeros((height, width), np.uint8)
+        mask[height // 4: 3 * height // 4, width // 3:] = 1
+        items.append((rng.integers(0, 256, (height, width, 3), dtype=np.uint8), mask, f"n0000000{index}"))
+    _write_gtsegs(tmp_path / "gtsegs_ijcv.mat", items)
+    methods = {"grad-cam": {}, "gradient": {}}
+    window = {"window": 8, "stride": 4, "smoothing_cutoff": 4}
+    with ImageNetSegmentation(tmp_path / "gtsegs_ijcv.mat") as dataset:
+        pairs = lambda index: dataset.resized(index, size=16)  # noqa: E731
+        streamed, _ = streamed_segmentation_table(tiny_cnn, pairs, methods, count=5, enhance_params=window,
+                                                  batch_size=2)
+        images, masks = map(torch.stack, zip(*(pairs(index) for index in range(5))))
+    x = tiny_cnn.spec.from_unit_range(images)
+    maps = explain_methods(tiny_cnn, x, methods).maps
+    enhanced = explain_methods(tiny_cnn, x, methods, enhance=True, enhance_params=window).maps
+    maps.update({f"{method} + SW": enhanced[f"{method} + sliding-window"] for method in methods})
+    one_shot, _ = segmentation_table(maps, masks)
+    assert [row["method"] for row in streamed] == ["grad-cam", "gradient", "grad-cam + SW", "gradient + SW"]
+    one_shot = {row["method"]: row for row in one_shot}
+    for row in streamed:
+        assert row == pytest.approx(one_shot[row["method"]], abs=1e-6)
+    assert 0 < streamed[0]["pixel_accuracy"] < 1
+
+
+def test_streamed_segmentation_table_needs_images(tiny_cnn):
+    with pytest.raises(ValueError, match="count must be >= 1"):
+        streamed_segmentation_table(tiny_cnn, lambda index: None, {"grad-cam": {}}, count=0)
+
+
+def test_imagenet_subset_is_a_seeded_sample_in_dataset_order(tmp_path, tiny_cnn):
+    import numpy as np
+    from PIL import Image
+
+    from xaiimg.data.readers import ImageNetVal
+
+    root = tmp_path / "val"
+    root.mkdir()
+    for index in range(1, 7):
+        Image.fromarray(np.full((20, 24, 3), 30 * index, np.uint8)).save(root / f"ILSVRC2012_val_{index:08d}.JPEG")
+    (tmp_path / "val.txt").write_text("".join(f"ILSVRC2012_val_{i:08d}.JPEG {100 + i}\n" for i in range(1, 7)))
+    dataset = ImageNetVal(root, tmp_path / "val.txt")
+    x, labels = imagenet_subset(tiny_cnn, dataset, count=4, seed=3)
+    chosen = sorted(torch.randperm(6, generator=torch.Generator().manual_seed(3))[:4].tolist())
+    assert labels.tolist() == [101 + i for i in chosen]
+    expected = torch.stack([tiny_cnn.spec.transform()(dataset[i][0]) for i in chosen])
+    assert x.shape == (4, 3, 16, 16) and torch.equal(x, expected)
+    assert imagenet_subset(tiny_cnn, dataset, count=10)[0].shape[0] == 6
+    with pytest.raises(ValueError, match="count must be >= 1"):
+        imagenet_subset(tiny_cnn, dataset, count=0)
+
+
+def test_explain_methods_in_chunks_equals_one_batch(tiny_cnn):
+    x = torch.randn(5, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    whole = explain_methods(tiny_cnn, x, {"grad-cam": {}, "gradient": {}}, target=[0, 1, 2, 3, 4])
+    chunked = explain_methods(tiny_cnn, x, {"grad-cam": {}, "gradient": {}}, target=[0, 1, 2, 3, 4], chunk_size=2)
+    assert all(torch.allclose(chunked.maps[m], whole.maps[m], atol=1e-6) for m in whole.maps)
+    with pytest.raises(ValueError, match="chunk_size"):
+        explain_methods(tiny_cnn, x, {"grad-cam": {}}, chunk_size=0)

@@ -63,9 +63,14 @@ class MethodMaps:
 
 def explain_methods(model, x: torch.Tensor, methods: Mapping[str, Mapping[str, Any]], target=None,
                     enhance: bool = False, enhance_params: Mapping[str, Any] | None = None,
-                    on_method: Callable[[str], None] | None = None) -> MethodMaps:
+                    on_method: Callable[[str], None] | None = None, chunk_size: int | None = None) -> MethodMaps:
     """Every method (registry name -> constructor parameters) on the same batch, timed; labels are the names,
-    ``"<name> + sliding-window"`` when ``enhance``."""
+    ``"<name> + sliding-window"`` when ``enhance``. ``chunk_size`` explains that many images at a time (a
+    dataset-sized ``x``); the maps are the same, only the peak memory changes."""
+    if chunk_size is not None and chunk_size < 1:
+        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+    step = chunk_size or len(x)
+    targets = target if target is None or isinstance(target, int) else torch.as_tensor(target)
     out = MethodMaps()
     for method, params in methods.items():
         if on_method is not None:
@@ -73,7 +78,10 @@ def explain_methods(model, x: torch.Tensor, methods: Mapping[str, Mapping[str, A
         explainer = build_explainer(method, params, enhance, enhance_params)
         label = f"{method} + {ENHANCEMENT}" if enhance else method
         start = time.perf_counter()
-        out.maps[label] = explainer(model, x, target=target)
+        out.maps[label] = torch.cat([
+            explainer(model, x[i:i + step],
+                      target=targets if targets is None or isinstance(targets, int) else targets[i:i + step])
+            for i in range(0, len(x), step)])
         out.seconds[label] = time.perf_counter() - start
     return out
 

@@ -12,8 +12,8 @@ import torch
 import torch.nn.functional as F
 
 from xaiimg.compare import build_explainer
-from xaiimg.metrics import (MetricResult, insertion_deletion, max_sensitivity, model_randomisation, pointing_game,
-                            positive_negative_perturbation, segmentation_scores)
+from xaiimg.metrics import (MetricResult, SegmentationScores, insertion_deletion, max_sensitivity, model_randomisation,
+                            pointing_game, positive_negative_perturbation, segmentation_scores)
 from xaiimg.ops import minmax_normalize
 
 # TorchRay's published pointing-game accuracies (all / difficult), quoted in PROTOCOLS.md.
@@ -43,6 +43,18 @@ def faithfulness_table(model, x: torch.Tensor, maps: Mapping[str, torch.Tensor],
                for m, s in maps.items()}
     extra = {m: {"seconds": seconds[m]} for m in maps} if seconds else None
     return table_rows(results, extra), results
+
+
+def imagenet_subset(model, dataset, count: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Model inputs ``[n,3,H,W]`` (``model.spec``'s preprocessing) and labels ``[n]`` of ``n = min(count, len)``
+    images drawn without replacement by a seeded permutation of ``dataset`` (e.g. ImageNet val: the thesis scores
+    2,000 of its images), in dataset order."""
+    if count < 1:
+        raise ValueError(f"count must be >= 1, got {count}")
+    chosen = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed))[:count].sort().values
+    transform = model.spec.transform()
+    images, labels = zip(*(dataset[int(index)] for index in chosen))
+    return torch.stack([transform(image) for image in images]), torch.tensor(labels)
 
 
 def centre_baseline(count: int, size: tuple[int, int], sigma_fraction: float = 0.25) -> torch.Tensor:
@@ -87,6 +99,29 @@ def perturbation_table(model, x: torch.Tensor, maps: Mapping[str, torch.Tensor],
 def segmentation_table(maps: Mapping[str, torch.Tensor], masks: torch.Tensor):
     """Pixel accuracy, mIoU and mAP of mean-thresholded maps against ``masks`` ``[n,H,W]`` (table 4-4)."""
     results = {m: segmentation_scores(s, masks) for m, s in maps.items()}
+    return table_rows(results), results
+
+
+def streamed_segmentation_table(model, pairs, methods: Mapping[str, Mapping[str, Any]], count: int,
+                                enhance_params: Mapping[str, Any] | None = None, batch_size: int = 16):
+    """Table 4-4 on a dataset too large to hold its maps: ``pairs(index) -> (image [3,H,W] in [0,1], mask [H,W])``
+    for ``index < count`` (e.g. :meth:`xaiimg.data.readers.ImageNetSegmentation.resized`, Chefer et al.'s
+    Resize((224,224)) protocol). Each method explains the predicted class with and, when ``enhance_params`` is
+    given, without the sliding-window enhancement (label ``"<method> + SW"``); the scores accumulate in a
+    :class:`SegmentationScores` per label, ``batch_size`` images at a time."""
+    if count < 1:
+        raise ValueError(f"count must be >= 1, got {count}")
+    variants = {method: build_explainer(method, params, False, None) for method, params in methods.items()}
+    if enhance_params is not None:
+        variants.update({f"{method} + SW": build_explainer(method, params, True, enhance_params)
+                         for method, params in methods.items()})
+    scores = {label: SegmentationScores() for label in variants}
+    for start in range(0, count, batch_size):
+        images, masks = zip(*(pairs(index) for index in range(start, min(start + batch_size, count))))
+        x = model.spec.from_unit_range(torch.stack(images))
+        for label, explainer in variants.items():
+            scores[label].update(explainer(model, x), torch.stack(masks))
+    results = {label: accumulator.result() for label, accumulator in scores.items()}
     return table_rows(results), results
 
 

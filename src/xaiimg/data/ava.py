@@ -137,6 +137,11 @@ def read_ava_json(path: str | Path) -> list[AVARecord]:
     return records
 
 
+def read_ava_labels(path: str | Path) -> list[AVARecord]:
+    """:func:`read_ava_json` for a ``.json`` file, :func:`read_ava_txt` otherwise."""
+    return read_ava_json(path) if Path(path).suffix.lower() == ".json" else read_ava_txt(path)
+
+
 def split_by_ids(records: Sequence[AVARecord], test_ids: Iterable[str]) -> tuple[list[AVARecord], list[AVARecord]]:
     """``(train, test)``: records whose id is in ``test_ids`` go to test; both keep the order of ``records``."""
     test_ids = {str(i) for i in test_ids}

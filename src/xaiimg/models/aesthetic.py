@@ -22,7 +22,8 @@ the conservative propagation used for LRP through attention (CP-LRP, Ali et al.,
 Training (``train_aesthetic``) minimises EMD (r=2, Talebi & Milanfar, NIMA, TIP 2018) between the predicted and
 the target vote distribution plus ``score_weight`` x MSE of the regressed score; a frozen backbone's features are
 computed once and cached. ``python -m xaiimg.models.aesthetic train --out artifacts/aesthetic --seed 0`` trains
-both variants on the synthetic composition benchmark (:mod:`xaiimg.data.composition`).
+both variants on the synthetic composition benchmark (:mod:`xaiimg.data.composition`); ``train-ava`` trains them
+on AVA with the standard test split (:func:`train_on_ava`).
 """
 from __future__ import annotations
 
@@ -414,13 +415,15 @@ def load_aesthetic(path: str | Path, model: AestheticModel | None = None) -> Aes
 def train_aesthetic(model: AestheticModel, train_set: Dataset, val_set: Dataset | None = None,
                     out_dir: str | Path | None = None, *, epochs: int = 20, batch_size: int = 32, lr: float = 1e-3,
                     weight_decay: float = 1e-4, score_weight: float = 0.1, trainable_backbone: Sequence[str] = (),
-                    inputs: str = "images", seed: int = 0, log=None) -> dict:
+                    inputs: str = "images", cache: bool = True, seed: int = 0, log=None) -> dict:
     """Train with Adam on EMD + ``score_weight`` x MSE; returns (and writes) per-epoch metrics.
 
     Items of ``train_set``/``val_set`` are ``(image [3,H,W], distribution [10])``, or with
     ``inputs="features"`` ``(backbone features [C,h,w], distribution)`` from :func:`cache_features`. The backbone
-    is frozen except ``trainable_backbone``; when fully frozen, its features are computed once and only the
-    attention + head train (same result as running it every step: it is in eval mode either way).
+    is frozen except ``trainable_backbone``; when fully frozen and ``cache``, its features are computed once and
+    held in memory (Lite0 at 224 px: 1280x7x7 floats, 251 KB an image) and only the attention + head train; the
+    result equals running the frozen backbone every step (``cache=False``, for sets that do not fit in memory):
+    it is in eval mode either way.
     Shuffling and dropout use ``seed``; on CPU the run is deterministic given the model's initial weights (seed
     torch before constructing the model). ``out_dir`` receives ``last.pt``, ``best.pt`` (lowest validation loss,
     or the last epoch without ``val_set``) and ``metrics.json``.
@@ -437,7 +440,7 @@ def train_aesthetic(model: AestheticModel, train_set: Dataset, val_set: Dataset 
     model.freeze_backbone(trainable_backbone)
     if inputs == "features" and not model.frozen_backbone():
         raise ValueError("cached features need a fully frozen backbone; drop trainable_backbone or pass images")
-    cached = model.frozen_backbone()
+    cached = model.frozen_backbone() and (cache or inputs == "features")
     started = time.perf_counter()
     if cached and inputs == "images":
         train_set = cache_features(model, train_set, batch_size)
@@ -523,6 +526,53 @@ def train_on_composition(out: str | Path, seed: int = 0, size: int = 224, train:
     return summary
 
 
+def train_on_ava(out: str | Path, labels: str | Path, images: str | Path, test_labels: str | Path, seed: int = 0,
+                 val_fraction: float = 0.05, epochs: int = 10, batch_size: int = 32, lr: float = 1e-3,
+                 score_weight: float = 0.1, backbone: str = "efficientnet_lite0", aggregation: str = "concat",
+                 variants: Sequence[str] = ("attention", "plain"), cache: bool = False, missing: str = "skip",
+                 log=functools.partial(print, flush=True)) -> dict:
+    """Train the model variants on AVA (frozen backbone): ``labels`` (AVA.txt rows or an idealo/NIMA JSON split)
+    minus the ids of ``test_labels`` (the standard split, e.g. ``idealo_ava_labels_test.json``) is split, seeded,
+    into training and ``val_fraction`` validation (checkpoint selection); ``<out>/<variant>/`` gets checkpoints and
+    metrics, ``<out>/summary.json`` the held-out SRCC/PLCC/accuracy at 5 of each variant's best checkpoint.
+    ``missing="skip"`` trains on the labelled images present in ``images``; ``cache`` holds backbone features in
+    memory (251 KB an image at 224 px)."""
+    from xaiimg.data.ava import AVADataset, read_ava_labels, split_by_ids
+
+    unknown = sorted(set(variants) - {"attention", "plain"})
+    if unknown or not variants:
+        raise ValueError(f"variants must be a non-empty subset of ('attention', 'plain'), got {list(variants)}")
+    if not 0 < val_fraction < 1:
+        raise ValueError(f"val_fraction must be in (0, 1), got {val_fraction}")
+    out = Path(out)
+    test_ids = [r.image_id for r in read_ava_labels(test_labels)]
+    train_records, test_records = split_by_ids(read_ava_labels(labels), test_ids)
+    order = torch.randperm(len(train_records), generator=torch.Generator().manual_seed(seed)).tolist()
+    val_count = max(1, round(val_fraction * len(train_records)))
+    records = {"train": [train_records[i] for i in sorted(order[val_count:])],
+               "val": [train_records[i] for i in sorted(order[:val_count])], "test": test_records}
+    transform = AestheticModel(backbone, attention=False).spec.transform()
+    splits = {name: AVADataset(rows, images, transform, missing=missing) for name, rows in records.items()}
+    summary = {"data": {"labels": str(labels), "images": str(images), "test_labels": str(test_labels),
+                        "seed": seed, "sizes": {name: len(split) for name, split in splits.items()}}, "variants": {}}
+    for variant in variants:
+        torch.manual_seed(seed)
+        model = AestheticModel(backbone, attention=variant == "attention", aggregation=aggregation)
+        metrics = train_aesthetic(model, splits["train"], splits["val"], out / variant, epochs=epochs,
+                                  batch_size=batch_size, lr=lr, score_weight=score_weight, cache=cache, seed=seed,
+                                  log=(lambda r, v=variant: log(f"{v} epoch {r['epoch']}: train {r['train_loss']:.4f}"
+                                                                f" val srcc {r['val']['srcc']:.3f}")) if log else None)
+        best = load_aesthetic(out / variant / "best.pt", model)
+        held_out = evaluate_aesthetic(best, splits["test"], batch_size, score_weight=score_weight)
+        summary["variants"][variant] = {"test": held_out, "best_epoch": metrics["best_epoch"],
+                                        "train_seconds": metrics["train_seconds"]}
+        if log:
+            log(f"{variant}: held-out SRCC {held_out['srcc']:.3f}, PLCC {held_out['plcc']:.3f}, "
+                f"accuracy {held_out['accuracy']:.3f}")
+    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    return summary
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m xaiimg.models.aesthetic", description=__doc__.split("\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
@@ -538,7 +588,29 @@ def main(argv: Sequence[str] | None = None) -> None:
     train.add_argument("--score-weight", type=float, default=0.1)
     train.add_argument("--backbone", default="efficientnet_lite0", choices=BACKBONES)
     train.add_argument("--aggregation", default="concat", choices=DualAttention.AGGREGATIONS)
+    ava = commands.add_parser("train-ava", help="train the variants on AVA (data/README.md), frozen backbone")
+    ava.add_argument("--out", required=True, help="output folder (checkpoints, metrics.json, summary.json)")
+    ava.add_argument("--labels", required=True, help="AVA.txt (or an idealo/NIMA JSON split) with the vote counts")
+    ava.add_argument("--images", required=True, help="folder of <image id>.jpg")
+    ava.add_argument("--test-labels", required=True, help="label file whose ids form the held-out test split")
+    ava.add_argument("--seed", type=int, default=0)
+    ava.add_argument("--val-fraction", type=float, default=0.05)
+    ava.add_argument("--epochs", type=int, default=10)
+    ava.add_argument("--batch-size", type=int, default=32)
+    ava.add_argument("--lr", type=float, default=1e-3)
+    ava.add_argument("--score-weight", type=float, default=0.1)
+    ava.add_argument("--backbone", default="efficientnet_lite0", choices=BACKBONES)
+    ava.add_argument("--aggregation", default="concat", choices=DualAttention.AGGREGATIONS)
+    ava.add_argument("--variant", action="append", choices=("attention", "plain"),
+                     help="train only this variant (repeatable; default both)")
+    ava.add_argument("--cache", action="store_true", help="hold backbone features in memory (251 KB an image)")
     args = parser.parse_args(argv)
+    if args.command == "train-ava":
+        train_on_ava(args.out, args.labels, args.images, args.test_labels, seed=args.seed,
+                     val_fraction=args.val_fraction, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+                     score_weight=args.score_weight, backbone=args.backbone, aggregation=args.aggregation,
+                     variants=args.variant or ("attention", "plain"), cache=args.cache)
+        return
     train_on_composition(args.out, seed=args.seed, size=args.size, train=args.train, val=args.val, test=args.test,
                          epochs=args.epochs, backbone=args.backbone, aggregation=args.aggregation,
                          score_weight=args.score_weight, lr=args.lr)
