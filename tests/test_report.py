@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from xaiimg.report import ResultsStore, RunRecord, latex_table, write_atomic, write_table
+from xaiimg.report import ResultsStore, RunRecord, latex_table, markdown_table, write_atomic, write_table
 
 
 def test_write_table_three_formats(tmp_path):
@@ -44,3 +44,11 @@ def test_results_store_round_trip_and_export(tmp_path):
     assert json.loads(store.export(tmp_path / "all.json").read_text())[1]["metrics"]["curve"] == [1, 2]
     with pytest.raises(ValueError, match="csv or .json"):
         store.export(tmp_path / "all.xlsx")
+
+
+def test_markdown_table_golden():
+    rows = [{"method": "a", "auc": 0.12345, "n": 3}, {"method": "b", "auc": float("nan"), "n": 4}]
+    assert markdown_table(rows, digits=2) == ("| method | auc | n |\n|---|---:|---:|\n| a | 0.12 | 3 |\n"
+                                              "| b | -- | 4 |\n")
+    with pytest.raises(ValueError, match="no rows"):
+        markdown_table([])

@@ -111,6 +111,18 @@ def latex_table(rows: Sequence[Mapping[str, Any]], caption: str = "", label: str
     return "\n".join(lines) + "\n"
 
 
+def markdown_table(rows: Sequence[Mapping[str, Any]], digits: int = 3) -> str:
+    """A GitHub-flavoured Markdown table from rows of equal keys (floats to ``digits`` places, text left-aligned,
+    numbers right-aligned)."""
+    if not rows:
+        raise ValueError("cannot write a table with no rows")
+    columns = list(rows[0])
+    numeric = {c: all(isinstance(r[c], (int, float)) and not isinstance(r[c], bool) for r in rows) for c in columns}
+    lines = ["| " + " | ".join(columns) + " |", "|" + "|".join("---:" if numeric[c] else "---" for c in columns) + "|"]
+    lines += ["| " + " | ".join(_format_cell(r[c], digits) for c in columns) + " |" for r in rows]
+    return "\n".join(lines) + "\n"
+
+
 def csv_text(rows: Sequence[Mapping[str, Any]]) -> str:
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=list(rows[0]), lineterminator="\n")
