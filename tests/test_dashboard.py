@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import csv
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -111,7 +112,7 @@ def test_voila_dashboard_in_headless_chromium(voila_server, tmp_path):
                 handle.press("ArrowRight")
             expect(page.get_by_text(f"{METHODS[0]}: top 25%")).to_be_visible(timeout=60_000)
             page.get_by_role("button", name="Export CSV").click()
-            expect(page.get_by_text("Exported to")).to_be_visible(timeout=60_000)
+            expect(page.get_by_text(re.compile(r"^Exported to /"))).to_be_visible(timeout=60_000)
             page.screenshot(path=str(tmp_path / "dashboard.png"), full_page=True)
         finally:
             browser.close()

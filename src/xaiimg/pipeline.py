@@ -31,18 +31,25 @@ def load_params(path: Path | None = None) -> dict[str, Any]:
     return params
 
 
-def notebook_parameters(name: str, params: dict[str, Any]) -> dict[str, Any]:
-    """The parameters of notebook ``name`` under the selected profile, plus the dataset paths."""
+def notebook_parameters(name: str, params: dict[str, Any], declared: set[str]) -> dict[str, Any]:
+    """The parameters of notebook ``name`` under the selected profile, plus ``profile`` and the dataset paths
+    where its parameters cell declares them (``declared``). A params.yaml value the notebook does not declare is
+    an error, not papermill's warning: it would be silently ignored."""
     notebooks = params.get("notebooks", {})
     if name not in notebooks:
         raise ValueError(f"params.yaml has no notebooks.{name} section (known: {sorted(notebooks)})")
     profile = params["profile"]
     values = dict(notebooks[name].get(profile) or {})
+    unknown = sorted(set(values) - declared)
+    if unknown:
+        raise ValueError(f"params.yaml notebooks.{name}.{profile} sets {unknown}, which notebooks/{name}.ipynb "
+                         f"does not declare in its parameters cell (declared: {sorted(declared)})")
     if profile == "full":
         missing = [key for key, value in params.get("datasets", {}).items() if value is None]
         if missing:
             raise ValueError(f"profile 'full' needs dataset paths in params.yaml datasets.{missing} (see data/README.md)")
-    values.update({"profile": profile, "datasets": params.get("datasets", {})})
+    context = {"profile": profile, "datasets": params.get("datasets", {})}
+    values.update({key: value for key, value in context.items() if key in declared})
     return values
 
 
@@ -55,7 +62,8 @@ def run_notebook(name: str, root: Path | None = None) -> Path:
         raise FileNotFoundError(f"notebook {source} not found")
     output = root / "artifacts" / "notebooks" / f"{name}.ipynb"
     output.parent.mkdir(parents=True, exist_ok=True)
-    parameters = notebook_parameters(name, load_params(root / "params.yaml"))
+    declared = set(papermill.inspect_notebook(str(source)))
+    parameters = notebook_parameters(name, load_params(root / "params.yaml"), declared)
     papermill.execute_notebook(str(source), str(output), parameters=parameters, cwd=str(root / "notebooks"),
                                kernel_name="python3", progress_bar=False)
     return output
@@ -68,10 +76,6 @@ def main(argv: list[str] | None = None) -> None:
     run.add_argument("name", help="notebook name without .ipynb, e.g. 04_msgcam_comparison")
     arguments = parser.parse_args(argv)
     print(run_notebook(arguments.name))
-
-
-if __name__ == "__main__":
-    main()
 
 
 def output_folders(*folders: str | Path) -> list[Path]:
@@ -116,3 +120,7 @@ def aesthetic_run(folder: str | Path, train_if_missing: bool = False, seed: int 
         train_on_composition(folder, seed=seed, size=size, train=train, val=val, test=test, epochs=epochs,
                              log=lambda *_: None)
     return load_composition_run(folder)
+
+
+if __name__ == "__main__":
+    main()
