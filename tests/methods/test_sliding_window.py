@@ -265,13 +265,14 @@ def test_wraps_transformer_attribution_on_tiny_vit():
 
 
 def test_thesis_defaults_on_lite0_grad_cam(lite0, lite0_batch):
-    """Real EfficientNet-Lite0 at 224 px with the thesis defaults: 25 windows, one image and its windows per
-    call (batch_size 26), so one probability forward and one Grad-CAM forward + backward of 26 inputs."""
+    """Real EfficientNet-Lite0 at 224 px with the thesis defaults: 25 windows, so 26 jobs (the image and its
+    windows) in chunks of the default batch_size 4: per chunk one probability forward and one Grad-CAM forward
+    + backward."""
     x = lite0_batch[:1]
     method = SlidingWindow("grad-cam")
     with count_passes(lite0) as log:
         result = method(lite0, x)
-    assert log.forward_batches == [26, 26] and log.backward_batches == [26]
+    assert log.forward_batches == [4, 4] * 6 + [2, 2] and log.backward_batches == [4] * 6 + [2]
     assert result.shape == (1, 1, 224, 224) and result.amin() == 0 and result.amax() == 1
     # the enhanced map stays on the object Grad-CAM finds: its peak lies in Grad-CAM's top 10% region
     plain = xi.explain("grad-cam", lite0, x)

@@ -91,8 +91,9 @@ class SlidingWindow(Explainer):
         start: offset (row, col) of the first window. Default (0, 0).
         smoothing_cutoff: ideal low-pass radius ``D0`` in frequency-index units (keep ``D <= D0``); the thesis
             uses 35 at 224 px. ``None`` skips smoothing.
-        batch_size: jobs (full images + upsampled windows) per wrapped call and per probability forward. The
-            default 26 puts one 224 px image and its 25 windows in one call.
+        batch_size: jobs (full images + upsampled windows) per wrapped call and per probability forward; bounds
+            memory. Default 4: on 2 CPU cores EfficientNet-Lite0 runs fastest per image at batch 4 and about
+            half as fast at 26 (benchmarks/bench_sliding_window.py sweeps it); on a GPU larger is better.
         border: ``"flush"`` (default) adds a last window flush with the bottom/right border when the grid does
             not reach it, so every pixel is covered (200 px, 96/32: offsets 0, 32, 64, 96, 104);
             ``"drop"`` keeps the regular grid only (0, 32, 64, 96) and uncovered pixels get no windows' mass
@@ -106,7 +107,7 @@ class SlidingWindow(Explainer):
 
     def __init__(self, wrapped: str | Explainer, window: int | tuple[int, int] = 96,
                  stride: int | tuple[int, int] = 32, start: tuple[int, int] = (0, 0),
-                 smoothing_cutoff: float | None = 35, batch_size: int = 26, border: str = "flush",
+                 smoothing_cutoff: float | None = 35, batch_size: int = 4, border: str = "flush",
                  normalize_wrapped: bool = True, wrapped_params: dict | None = None):
         from xaiimg.methods import get_method
 

@@ -157,7 +157,8 @@ class _TwoWeightRule(Rule):
     ``z_pos = A x+ + b_A + B x-``, ``z_neg = B x+ + b_B + A x-`` and
     ``c_in = [x>0] (A^T g_pos + B^T g_neg) + [x<0] (B^T g_pos + A^T g_neg)`` with ``g_pos``, ``g_neg`` from
     :meth:`positive_gradient` / :meth:`negative_gradient`. ``x-`` terms are skipped when the input has no
-    negative entries (after ReLUs), and ``B`` entirely when there is no negative term as well (z+).
+    negative entries (after ReLUs), and the ``z_neg`` products when there is no negative term (z+): each
+    product is computed only where it is used (no concatenated double batch).
     """
 
     negative_term = True
@@ -177,7 +178,6 @@ class _TwoWeightRule(Rule):
     def input_gradient(self, module, x, z, c_out):
         weight_a, weight_b, bias_a, bias_b = self.weights(module)
         relevance = z * c_out
-        batch = x.shape[0]
         if not bool((x < 0).any()):
             inputs = x.clamp(min=0).detach().requires_grad_()
             out_a = linear_map(module, inputs, weight_a)
@@ -187,13 +187,17 @@ class _TwoWeightRule(Rule):
             out_b = linear_map(module, inputs, weight_b)
             g_neg = self.negative_gradient(z, add_bias(module, out_b, bias_b), relevance)
             return vjp([out_a, out_b], [inputs], [g_pos, g_neg])[0] * (x > 0)
-        inputs = torch.cat([x.clamp(min=0), x.clamp(max=0)]).detach().requires_grad_()
-        out_a = linear_map(module, inputs, weight_a)
-        out_b = linear_map(module, inputs, weight_b)
-        g_pos = self.positive_gradient(z, add_bias(module, out_a[:batch], bias_a) + out_b[batch:], relevance)
-        g_neg = self.negative_gradient(z, add_bias(module, out_b[:batch], bias_b) + out_a[batch:], relevance)
-        grad, = vjp([out_a, out_b], [inputs], [torch.cat([g_pos, g_neg]), torch.cat([g_neg, g_pos])])
-        return grad[:batch] * (x > 0) + grad[batch:] * (x < 0)
+        positive = x.clamp(min=0).detach().requires_grad_()
+        negative = x.clamp(max=0).detach().requires_grad_()
+        a_pos, b_neg = linear_map(module, positive, weight_a), linear_map(module, negative, weight_b)
+        g_pos = self.positive_gradient(z, add_bias(module, a_pos, bias_a) + b_neg, relevance)
+        if not self.negative_term:
+            grad_pos, grad_neg = vjp([a_pos, b_neg], [positive, negative], [g_pos, g_pos])
+        else:
+            b_pos, a_neg = linear_map(module, positive, weight_b), linear_map(module, negative, weight_a)
+            g_neg = self.negative_gradient(z, add_bias(module, b_pos, bias_b) + a_neg, relevance)
+            grad_pos, grad_neg = vjp([a_pos, b_neg, b_pos, a_neg], [positive, negative], [g_pos, g_pos, g_neg, g_neg])
+        return grad_pos * (x > 0) + grad_neg * (x < 0)
 
 
 class AlphaBeta(_TwoWeightRule):
