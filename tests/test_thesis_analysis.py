@@ -132,3 +132,103 @@ def test_explain_methods_in_chunks_equals_one_batch(tiny_cnn):
     assert all(torch.allclose(chunked.maps[m], whole.maps[m], atol=1e-6) for m in whole.maps)
     with pytest.raises(ValueError, match="chunk_size"):
         explain_methods(tiny_cnn, x, {"grad-cam": {}}, chunk_size=0)
+
+
+def _noise_jpeg(path, width, height, seed):
+    import numpy as np
+    from PIL import Image
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.random.default_rng(seed).integers(0, 256, (height, width, 3), dtype=np.uint8)).save(path)
+
+
+@pytest.fixture
+def voc_pointing(tmp_path):
+    """Three VOC07-format images: a large dog and a small person (the person is a difficult entry: under a
+    quarter of the image, with a distractor); a cat whose only box is PASCAL-difficult (left out); a small car
+    alone (not difficult: no distractor)."""
+    from test_readers import _voc_xml
+    from xaiimg.data.readers import VOCDetection
+
+    voc = tmp_path / "VOCdevkit" / "VOC2007"
+    (voc / "Annotations").mkdir(parents=True)
+    (voc / "ImageSets" / "Main").mkdir(parents=True)
+    (voc / "ImageSets" / "Main" / "test.txt").write_text("000001\n000002\n000003\n")
+    objects = {"000001": (40, 30, [("dog", (1, 1, 30, 28), 0, 0), ("person", (31, 20, 38, 29), 0, 0)]),
+               "000002": (24, 36, [("cat", (2, 2, 20, 30), 1, 0)]),
+               "000003": (32, 32, [("car", (20, 20, 30, 30), 0, 0)])}
+    for seed, (image_id, (width, height, boxes)) in enumerate(objects.items()):
+        _noise_jpeg(voc / "JPEGImages" / f"{image_id}.jpg", width, height, seed)
+        (voc / "Annotations" / f"{image_id}.xml").write_text(_voc_xml(width, height, boxes))
+    return VOCDetection(tmp_path)
+
+
+def rows_methods(rows):
+    return [row["method"] for row in rows]
+
+
+def _classifier(num_classes):
+    from conftest import TinyCNN, tiny_spec
+    from torch import nn
+    from xaiimg.models.zoo import attach_spec
+
+    torch.manual_seed(0)
+    model = TinyCNN()
+    model.classifier = nn.Linear(6, num_classes)
+    return attach_spec(model.eval(), tiny_spec(num_classes, "features.3"))
+
+
+def test_streamed_pointing_game_on_voc_equals_per_entry_explanations(voc_pointing):
+    """Every (image, class present) entry explained for its class on the whole (uncropped) image and scored at
+    the image's size; all-difficult classes left out; difficult flags by Zhang et al.'s definition."""
+    import xaiimg as xi
+    from xaiimg.analysis.thesis import class_regions, streamed_pointing_table, uncropped_input
+    from xaiimg.metrics import pointing_game
+
+    model = _classifier(20)
+    methods = {"grad-cam": {}, "gradient": {}}
+    rows, results = streamed_pointing_table(model, voc_pointing, methods)
+    dog, person, car = 11, 14, 6
+    assert uncropped_input(model.spec, class_regions(voc_pointing, 0)[0]).shape == (1, 3, 16, 21)  # 40x30 image
+    assert rows_methods(rows) == ["grad-cam", "gradient", "centre baseline"]
+    for method in rows_methods(rows):
+        result = results[(method, "torchray")]
+        assert result.classes.tolist() == [dog, person, car]
+        assert result.difficult.tolist() == [False, True, False]
+        maps, masks = [], []
+        for index in (0, 2):
+            image, regions = class_regions(voc_pointing, index)
+            x = uncropped_input(model.spec, image)
+            for class_index, region in regions.items():
+                maps.append(centre_baseline(1, tuple(x.shape[-2:]))[0, 0] if method == "centre baseline"
+                            else xi.explain(method, model, x, target=class_index)[0, 0])
+                masks.append(torch.from_numpy(region))
+        for preset in ("torchray", "thesis-top100"):
+            reference = pointing_game(maps, masks=masks, classes=[dog, person, car], preset=preset)
+            assert torch.equal(results[(method, preset)].hits, reference.hits)
+            row = next(r for r in rows if r["method"] == method)
+            assert row[f"{preset} (%)"] == pytest.approx(100 * reference.summary()["accuracy"])
+            assert row[f"{preset} difficult (%)"] == pytest.approx(100 * float(reference.hits[1]))
+
+
+def test_streamed_pointing_game_on_coco_and_bad_settings(tmp_path, voc_pointing):
+    """COCO: one entry per category present (union of its instances); a model whose classes are not the
+    dataset's, an empty count and a non-pointing dataset are refused."""
+    from test_readers import _coco_fixture
+    from xaiimg.analysis.thesis import streamed_pointing_table
+    from xaiimg.data.readers import COCOInstances
+
+    coco = COCOInstances(_coco_fixture(tmp_path)[0])
+    rows, results = streamed_pointing_table(_classifier(3), coco, {"grad-cam": {}}, presets=("torchray",))
+    # category ids sorted: person (1) -> 0, car (3) -> 1, dog (18) -> 2; image 42 holds a person and dogs, 7 nothing
+    assert results[("grad-cam", "torchray")].classes.tolist() == [0, 2]
+    assert list(rows[0]) == ["method", "torchray (%)", "torchray difficult (%)"]
+    assert rows_methods(rows) == ["grad-cam", "centre baseline"]
+    with pytest.raises(ValueError, match="model has 3 classes but the dataset has 20"):
+        streamed_pointing_table(_classifier(3), voc_pointing, {"grad-cam": {}})
+    with pytest.raises(ValueError, match="count must be >= 1"):
+        streamed_pointing_table(_classifier(20), voc_pointing, {"grad-cam": {}}, count=0)
+    with pytest.raises(TypeError, match="VOCDetection or COCOInstances"):
+        streamed_pointing_table(_classifier(3), type("Folder", (), {"class_names": ["a", "b", "c"],
+                                                                     "__len__": lambda self: 1})(),
+                                {"grad-cam": {}})

@@ -12,8 +12,8 @@ import torch
 import torch.nn.functional as F
 
 from xaiimg.compare import build_explainer
-from xaiimg.metrics import (MetricResult, SegmentationScores, insertion_deletion, max_sensitivity, model_randomisation,
-                            pointing_game, positive_negative_perturbation, segmentation_scores)
+from xaiimg.metrics import (MetricResult, PointingGame, SegmentationScores, insertion_deletion, max_sensitivity,
+                            model_randomisation, pointing_game, positive_negative_perturbation, segmentation_scores)
 from xaiimg.ops import minmax_normalize
 
 # TorchRay's published pointing-game accuracies (all / difficult), quoted in PROTOCOLS.md.
@@ -57,6 +57,9 @@ def imagenet_subset(model, dataset, count: int, seed: int = 0) -> tuple[torch.Te
     return torch.stack([transform(image) for image in images]), torch.tensor(labels)
 
 
+CENTRE = "centre baseline"
+
+
 def centre_baseline(count: int, size: tuple[int, int], sigma_fraction: float = 0.25) -> torch.Tensor:
     """TorchRay's centre baseline: a Gaussian bump at the image centre, ``[count,1,H,W]`` in [0,1]."""
     height, width = size
@@ -77,6 +80,87 @@ def pointing_table(maps: Mapping[str, torch.Tensor], masks: torch.Tensor, classe
             result = pointing_game(saliency, masks=masks, classes=list(classes), preset=preset, tolerance=tolerance)
             results[(method, preset)] = result
             row[f"{preset} (%)"] = 100 * result.summary()["accuracy"]
+        rows.append(row)
+    return rows, results
+
+
+def class_regions(dataset, index: int) -> tuple[Any, dict[int, Any]]:
+    """``(PIL image, {class index: [H,W] bool region})`` of item ``index`` of a pointing-game dataset: VOC07
+    (union of the class's boxes; classes whose boxes are all PASCAL-difficult are left out, as TorchRay does)
+    or COCO (union of the class's instance masks)."""
+    from xaiimg.data.readers import COCOInstances, VOCDetection
+
+    if isinstance(dataset, VOCDetection):
+        image, annotation = dataset[index]
+        return image, {c: annotation.class_mask(c) for c in annotation.classes if not annotation.all_difficult(c)}
+    if isinstance(dataset, COCOInstances):
+        return dataset[index]
+    raise TypeError(f"pointing game datasets are VOCDetection or COCOInstances, got {type(dataset).__name__}")
+
+
+def is_difficult_entry(regions: Mapping[int, Any], class_index: int) -> bool:
+    """The rule of Zhang et al. (2016, excitation backprop) for their difficult subset: the class's region covers
+    less than a quarter of the image and another class is present (a distractor). TorchRay ships the resulting
+    list of image/class pairs; that file is not available offline, so the rule stands in for it."""
+    return float(regions[class_index].mean()) < 0.25 and len(regions) > 1
+
+
+def uncropped_input(spec, image) -> torch.Tensor:
+    """``[1,3,h,w]`` model input of the whole image: shorter side resized to ``spec.input_size`` (the model's
+    interpolation), no crop, so the map covers every ground-truth pixel (TorchRay's benchmark transform)."""
+    from torchvision import transforms
+    from torchvision.transforms import InterpolationMode
+
+    from xaiimg.data.images import to_rgb
+
+    resize = transforms.Resize(spec.input_size, interpolation=InterpolationMode(spec.interpolation))
+    return spec.from_unit_range(transforms.functional.to_tensor(resize(to_rgb(image)))[None])
+
+
+def streamed_pointing_table(model, dataset, methods: Mapping[str, Mapping[str, Any]], count: int | None = None,
+                            presets: Sequence[str] = ("torchray", "thesis-top100"), tolerance: float = 15):
+    """Table 3-3 on VOC07 test or COCO val2014 (:class:`~xaiimg.data.readers.VOCDetection`,
+    :class:`~xaiimg.data.readers.COCOInstances`) with a classifier trained on the dataset's classes (e.g.
+    TorchRay's VGG16/ResNet50 weights through :func:`xaiimg.models.zoo.load_checkpoint_model`).
+
+    Each of the first ``count`` images (all by default) is fed whole (:func:`uncropped_input`) and explained once
+    per class present (:func:`class_regions`), for that class; each map is scored at the image's own size
+    against the class's region, entries flagged by :func:`is_difficult_entry`. Rows: accuracy (%) per method
+    and preset, all entries and the difficult subset, plus TorchRay's model-independent ``"centre baseline"``
+    (:func:`centre_baseline`; TorchRay reports 69.6 / 42.4 on VOC07, 27.8 / 19.5 on COCO14, so this row checks
+    the protocol even without a trained classifier); the :class:`PointingGameResult` objects come along.
+    """
+    num_classes = len(dataset.class_names)
+    if len(model.spec.class_names) != num_classes:
+        raise ValueError(f"the model has {len(model.spec.class_names)} classes but the dataset has {num_classes}; "
+                         "the pointing game needs a classifier trained on the dataset's classes")
+    count = len(dataset) if count is None else min(count, len(dataset))
+    if count < 1:
+        raise ValueError(f"count must be >= 1, got {count}")
+    explainers: dict[str, Callable] = {method: build_explainer(method, params) for method, params in methods.items()}
+    explainers[CENTRE] = lambda _model, x, _target: centre_baseline(len(x), tuple(x.shape[-2:]))
+    games = {(method, preset): PointingGame(preset=preset, tolerance=tolerance)
+             for method in explainers for preset in presets}
+    for index in range(count):
+        image, regions = class_regions(dataset, index)
+        if not regions:
+            continue
+        classes = list(regions)
+        x = uncropped_input(model.spec, image).repeat(len(classes), 1, 1, 1)
+        masks = [torch.from_numpy(regions[c]) for c in classes]
+        difficult = [is_difficult_entry(regions, c) for c in classes]
+        for method, explainer in explainers.items():
+            saliency = explainer(model, x, torch.tensor(classes))
+            for preset in presets:
+                games[(method, preset)].update(saliency, masks=masks, classes=classes, difficult=difficult)
+    results = {key: game.result() for key, game in games.items()}
+    rows = []
+    for method in explainers:
+        row: dict[str, Any] = {"method": method}
+        for preset in presets:
+            summary = results[(method, preset)].summary()
+            row[f"{preset} (%)"] = 100 * summary["accuracy"]
+            row[f"{preset} difficult (%)"] = 100 * summary["accuracy_difficult"]
         rows.append(row)
     return rows, results
 

@@ -220,6 +220,7 @@ class VOCDetection:
         for sub in ("JPEGImages", "Annotations"):
             _require(self.root / sub, f"VOC{year} {sub}", VOC_LAYOUT, is_dir=True)
         self.image_ids = [line.split()[0] for line in split_file.read_text().splitlines() if line.strip()]
+        self.class_names = list(VOC_CLASSES)
         if not self.image_ids:
             raise DatasetLayoutError(f"VOC{year}: {split_file} lists no images (see {README})")
 
