@@ -43,14 +43,14 @@ def tiny_spec(num_classes: int, default_layer: str, size: int = 16) -> ModelSpec
 
 
 class TinyCNN(nn.Module):
-    """conv(3->4) -> ReLU -> conv(4->6) -> ReLU -> GAP -> linear(6->5): CAM applies at ``features.3``."""
+    """conv(3->4) -> ReLU -> conv(4->6) -> ReLU -> GAP -> linear(6->num_classes): CAM applies at ``features.3``."""
 
-    def __init__(self, seed: int = 0):
+    def __init__(self, seed: int = 0, num_classes: int = 5):
         super().__init__()
         generator = torch.Generator().manual_seed(seed)
         self.features = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.Conv2d(4, 6, 3, padding=1), nn.ReLU())
         self.pool = nn.AdaptiveAvgPool2d(1)
-        self.classifier = nn.Linear(6, 5)
+        self.classifier = nn.Linear(6, num_classes)
         with torch.no_grad():
             for p in self.parameters():
                 p.copy_(torch.randn(p.shape, generator=generator) * 0.5)
@@ -62,3 +62,9 @@ class TinyCNN(nn.Module):
 @pytest.fixture
 def tiny_cnn():
     return attach_spec(TinyCNN(), tiny_spec(5, "features.3"))
+
+
+@pytest.fixture
+def make_tiny_cnn():
+    """A factory of fresh :class:`TinyCNN` models (with their spec) of any class count."""
+    return lambda num_classes: attach_spec(TinyCNN(num_classes=num_classes), tiny_spec(num_classes, "features.3"))

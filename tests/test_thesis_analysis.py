@@ -167,25 +167,14 @@ def rows_methods(rows):
     return [row["method"] for row in rows]
 
 
-def _classifier(num_classes):
-    from conftest import TinyCNN, tiny_spec
-    from torch import nn
-    from xaiimg.models.zoo import attach_spec
-
-    torch.manual_seed(0)
-    model = TinyCNN()
-    model.classifier = nn.Linear(6, num_classes)
-    return attach_spec(model.eval(), tiny_spec(num_classes, "features.3"))
-
-
-def test_streamed_pointing_game_on_voc_equals_per_entry_explanations(voc_pointing):
+def test_streamed_pointing_game_on_voc_equals_per_entry_explanations(voc_pointing, make_tiny_cnn):
     """Every (image, class present) entry explained for its class on the whole (uncropped) image and scored at
     the image's size; all-difficult classes left out; difficult flags by Zhang et al.'s definition."""
     import xaiimg as xi
     from xaiimg.analysis.thesis import class_regions, streamed_pointing_table, uncropped_input
     from xaiimg.metrics import pointing_game
 
-    model = _classifier(20)
+    model = make_tiny_cnn(20)
     methods = {"grad-cam": {}, "gradient": {}}
     rows, results = streamed_pointing_table(model, voc_pointing, methods)
     dog, person, car = 11, 14, 6
@@ -211,7 +200,7 @@ def test_streamed_pointing_game_on_voc_equals_per_entry_explanations(voc_pointin
             assert row[f"{preset} difficult (%)"] == pytest.approx(100 * float(reference.hits[1]))
 
 
-def test_streamed_pointing_game_on_coco_and_bad_settings(tmp_path, voc_pointing):
+def test_streamed_pointing_game_on_coco_and_bad_settings(tmp_path, voc_pointing, make_tiny_cnn):
     """COCO: one entry per category present (union of its instances); a model whose classes are not the
     dataset's, an empty count and a non-pointing dataset are refused."""
     from test_readers import _coco_fixture
@@ -219,16 +208,16 @@ def test_streamed_pointing_game_on_coco_and_bad_settings(tmp_path, voc_pointing)
     from xaiimg.data.readers import COCOInstances
 
     coco = COCOInstances(_coco_fixture(tmp_path)[0])
-    rows, results = streamed_pointing_table(_classifier(3), coco, {"grad-cam": {}}, presets=("torchray",))
+    rows, results = streamed_pointing_table(make_tiny_cnn(3), coco, {"grad-cam": {}}, presets=("torchray",))
     # category ids sorted: person (1) -> 0, car (3) -> 1, dog (18) -> 2; image 42 holds a person and dogs, 7 nothing
     assert results[("grad-cam", "torchray")].classes.tolist() == [0, 2]
     assert list(rows[0]) == ["method", "torchray (%)", "torchray difficult (%)"]
     assert rows_methods(rows) == ["grad-cam", "centre baseline"]
     with pytest.raises(ValueError, match="model has 3 classes but the dataset has 20"):
-        streamed_pointing_table(_classifier(3), voc_pointing, {"grad-cam": {}})
+        streamed_pointing_table(make_tiny_cnn(3), voc_pointing, {"grad-cam": {}})
     with pytest.raises(ValueError, match="count must be >= 1"):
-        streamed_pointing_table(_classifier(20), voc_pointing, {"grad-cam": {}}, count=0)
+        streamed_pointing_table(make_tiny_cnn(20), voc_pointing, {"grad-cam": {}}, count=0)
     with pytest.raises(TypeError, match="VOCDetection or COCOInstances"):
-        streamed_pointing_table(_classifier(3), type("Folder", (), {"class_names": ["a", "b", "c"],
+        streamed_pointing_table(make_tiny_cnn(3), type("Folder", (), {"class_names": ["a", "b", "c"],
                                                                      "__len__": lambda self: 1})(),
                                 {"grad-cam": {}})
