@@ -108,13 +108,9 @@ def is_difficult_entry(regions: Mapping[int, Any], class_index: int) -> bool:
 def uncropped_input(spec, image) -> torch.Tensor:
     """``[1,3,h,w]`` model input of the whole image: shorter side resized to ``spec.input_size`` (the model's
     interpolation), no crop, so the map covers every ground-truth pixel (TorchRay's benchmark transform)."""
-    from torchvision import transforms
-    from torchvision.transforms import InterpolationMode
-
     from xaiimg.data.images import to_rgb
 
-    resize = transforms.Resize(spec.input_size, interpolation=InterpolationMode(spec.interpolation))
-    return spec.from_unit_range(transforms.functional.to_tensor(resize(to_rgb(image)))[None])
+    return spec.transform(crop=False)(to_rgb(image))[None]
 
 
 def streamed_pointing_table(model, dataset, methods: Mapping[str, Mapping[str, Any]], count: int | None = None,

@@ -47,16 +47,17 @@ class ModelSpec:
     def num_classes(self) -> int:
         return len(self.class_names)
 
-    def transform(self) -> Callable:
+    def transform(self, crop: bool = True) -> Callable:
+        """The preprocessing above; ``crop=False`` resizes the shorter side to ``input_size`` and keeps the whole
+        image (e.g. the pointing game, whose ground truth covers the full image)."""
         from torchvision import transforms
         from torchvision.transforms import InterpolationMode
 
-        return transforms.Compose([
-            transforms.Resize(self.resize_size, interpolation=InterpolationMode(self.interpolation)),
-            transforms.CenterCrop(self.input_size),
-            transforms.ToTensor(),
-            transforms.Normalize(self.mean, self.std),
-        ])
+        interpolation = InterpolationMode(self.interpolation)
+        geometry = ([transforms.Resize(self.resize_size, interpolation=interpolation),
+                     transforms.CenterCrop(self.input_size)] if crop
+                    else [transforms.Resize(self.input_size, interpolation=interpolation)])
+        return transforms.Compose([*geometry, transforms.ToTensor(), transforms.Normalize(self.mean, self.std)])
 
     def preprocess(self, images) -> torch.Tensor:
         """``[B,3,H,W]`` model input from a PIL image, an image path, an ``HxWx3`` uint8 array, or a list of them."""
