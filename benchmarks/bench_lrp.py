@@ -4,7 +4,8 @@ Measures in one run (median of ``--repeats`` interleaved rounds after one warm-u
 of the target logits to the input with frozen parameters (the passes LRP cannot avoid), forward + backward with
 parameter gradients too (what a plain ``.backward()`` costs), ours (``LRP(composite).attribute``) and zennit 0.5.1
 (the same composite, with the BatchNorm-merge and skip-connection canonizers zennit needs for timm's blocks) for
-the composites ``epsilon``, ``epsilon-plus`` and ``epsilon-gamma-box`` (the default). Writes
+the composites ``epsilon``, ``epsilon-plus`` and ``epsilon-gamma-box`` (the default), and counts each job's
+convolutions (forward products and transposed ones for input gradients). Writes
 ``benchmarks/out/bench_lrp.json`` with ours / (forward + backward) (goal <= 1.5) and ours / zennit.
 
     .venv/bin/python benchmarks/bench_lrp.py [--repeats 3] [--batch 8]
@@ -64,6 +65,26 @@ def zennit_composite(name: str, model):
             "epsilon-gamma-box": lambda: EpsilonGammaBox(low=low, high=high, canonizers=canonizers)}[name]()
 
 
+def convolution_counts(job) -> dict[str, int]:
+    """How many convolutions one call of ``job`` runs: forward products and input-gradient (transposed) ones,
+    counted at the dispatcher, so the rules' extra products show beside the model's own."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    counts = {"forward": 0, "backward": 0}
+
+    class Count(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if func is torch.ops.aten.convolution.default:
+                counts["forward"] += 1
+            elif func is torch.ops.aten.convolution_backward.default:
+                counts["backward"] += 1
+            return func(*args, **(kwargs or {}))
+
+    with Count():
+        job()
+    return counts
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=3)
@@ -102,6 +123,7 @@ def main() -> None:
         jobs[f"ours {name}"] = lambda name=name: LRP(name).attribute(model, x, targets)
         jobs[f"zennit {name}"] = zennit_lrp(name)
 
+    convolutions = {name: convolution_counts(job) for name, job in jobs.items()}
     times: dict[str, list[float]] = {name: [] for name in jobs}
     for round_index in range(args.repeats + 1):             # round 0 warms up
         for name, job in jobs.items():
@@ -122,7 +144,7 @@ def main() -> None:
         "batch": args.batch, "input": [3, 224, 224], "dtype": "float32", "device": str(x.device),
         "repeats": args.repeats, "statistic": "median seconds per call (interleaved rounds, one warm-up round)",
         "torch_threads": torch.get_num_threads(), "machine": platform.processor() or platform.machine(),
-        "seconds": median, "all_seconds": times, "ratios": ratios,
+        "seconds": median, "all_seconds": times, "ratios": ratios, "convolutions per call": convolutions,
         "goal": "ours / forward+backward (input gradient only) <= 1.5",
         "goal_met": {name: ratios[name]["ours / forward+backward (input gradient only)"] <= 1.5
                      for name in COMPOSITES},
@@ -130,7 +152,7 @@ def main() -> None:
     OUT.parent.mkdir(parents=True, exist_ok=True)
     OUT.write_text(json.dumps(result, indent=2))
     for name, seconds in median.items():
-        print(f"{name:52s} {seconds * 1000:9.1f} ms")
+        print(f"{name:52s} {seconds * 1000:9.1f} ms   convolutions {convolutions[name]}")
     print(json.dumps(ratios, indent=2))
     print(f"wrote {OUT}")
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from timm.layers import Conv2dSame
 from torch import nn
 
 import xaiimg
@@ -80,6 +81,8 @@ def randn(*shape, seed=0):
 LAYERS = {
     "linear": (lambda: nn.Linear(6, 4), (6,)),
     "conv": (lambda: nn.Conv2d(2, 3, 3, padding=1, stride=2), (2, 5, 5)),
+    "depthwise": (lambda: nn.Conv2d(3, 3, 3, padding=1, groups=3), (3, 4, 4)),
+    "conv-same": (lambda: Conv2dSame(2, 3, 3, stride=2), (2, 6, 6)),  # timm: pads in forward, as in Lite0
 }
 
 
@@ -502,6 +505,18 @@ def test_errors_during_attribution_restore_everything():
     assert model.relu.inplace is True
 
 
+def test_in_place_change_of_an_activation_output_raises_clearly():
+    class AddOneInPlace(nn.Module):
+        def forward(self, x):
+            return x.add_(1.0)
+
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.SiLU(), AddOneInPlace(), nn.Flatten(), nn.Linear(144, 3)).eval()
+    state, params = snapshot(model), list(model.parameters())
+    with pytest.raises(ValueError, match="modifies the output of an activation in place"):
+        LRP("epsilon").attribute(model, torch.randn(1, 3, 8, 8), 0)
+    assert_untouched(model, state, params)
+
+
 def test_zbox_on_a_non_input_layer_raises():
     model = nn.Sequential(nn.Identity(), nn.Conv2d(3, 2, 3), nn.Flatten(), nn.Linear(2 * 4 * 4, 3)).eval()
     model[0].forward = lambda x: x * 2  # the first conv no longer sees the model input
@@ -522,3 +537,12 @@ def test_model_state_after_explain(lite0, lite0_batch):
     assert [m.training for m in model.modules()] == modes
     assert [m.inplace for m in model.modules() if hasattr(m, "inplace")] == inplace
     assert all(p.grad is None for p in model.parameters())
+
+
+def test_relu_keeps_its_own_gradient_and_gets_no_hook():
+    relu, relu6 = nn.ReLU(), nn.ReLU6()
+    Pass().register(relu, "relu")
+    handle = Pass().register(relu6, "relu6")
+    assert not relu._forward_hooks and len(relu6._forward_hooks) == 1
+    handle.remove()
+    assert not relu6._forward_hooks

@@ -65,7 +65,14 @@ class LRP(Explainer):
         composite = self.make_composite(model, x)
         x = x.detach().requires_grad_()
         with frozen_parameters(model), composite.context(model, x) as attribution, torch.enable_grad():
-            logits = model(x)
+            try:
+                logits = model(x)
+            except RuntimeError as error:
+                if "is a view and is being modified inplace" not in str(error):
+                    raise
+                raise ValueError("LRP: the model modifies the output of an activation in place (e.g. `x += y` "
+                                 "right after a ReLU6/SiLU/GELU); the pass-through rule hands that output on "
+                                 "without a copy, so make that operation out of place (`x = x + y`)") from error
             if logits.ndim != 2:
                 raise ValueError(f"LRP needs model outputs [B, classes], got shape {tuple(logits.shape)}")
             targets = resolve_targets(target, logits)

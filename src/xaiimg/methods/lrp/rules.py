@@ -9,7 +9,8 @@ upper density ``c_out`` of a layer to the lower one ``c_in`` so that ``x * c_in`
   / a split in proportion to the summands, because ``x * J^T c`` distributes ``z * c`` over the contributions;
 - :class:`Epsilon` rescales the upper gradient by ``z / (z + eps*sign(z))`` before the layer's own backward;
 - :class:`Pass` (ReLU, ReLU6, SiLU, GELU, ...) replaces ``f'(x)`` by ``f(x)/x``, i.e. ``R_in = R_out``;
-- :class:`ZPlus`, :class:`AlphaBeta`, :class:`Gamma` recompute the layer with modified weights in the backward;
+- :class:`ZPlus`, :class:`AlphaBeta` recompute the layer with modified weights in the backward;
+  :class:`Gamma` needs one modified product (``w+ x``) and reuses the layer's own forward and backward;
 - input-layer rules (:class:`ZBox`, :class:`Flat`) distribute relevance onto input values that need not be
   proportional to ``x``; they return the relevance itself (``produces_relevance``) and must see the model input.
 
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 from contextlib import contextmanager
 from functools import partial
+from types import SimpleNamespace
 from typing import Callable, Iterator
 
 import torch
@@ -29,21 +31,25 @@ from torch import nn
 
 
 def stabilize(z: torch.Tensor, epsilon: float) -> torch.Tensor:
-    """``z + epsilon * sign(z)`` with ``sign(0) = 1`` (zennit's ``Stabilizer``, Captum's ``EpsilonRule``)."""
-    return z + torch.where(z >= 0, epsilon, -epsilon).to(z)
+    """``z + epsilon * sign(z)`` with ``sign(0) = 1`` (zennit's ``Stabilizer``, Captum's ``EpsilonRule``).
+
+    Computed as ``(|z| + epsilon)`` with the sign of ``z`` (bit-equal for every ``z`` but ``-0.0``, which gets
+    ``-epsilon``: a sum is ``-0.0`` only if all its terms are, so no contribution is then non-zero)."""
+    return z.abs().add_(epsilon).copysign_(z)
 
 
 # ------------------------------------------------------------------------------------- linear map helpers
 _PLAIN_FORWARDS = {nn.Conv1d.forward, nn.Conv2d.forward, nn.Conv3d.forward}
 
 
-def linear_map(module: nn.Module, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    """The module's linear map ``x -> W x`` (no bias) with ``weight`` substituted, padding included."""
+def linear_map(module: nn.Module, x: torch.Tensor, weight: torch.Tensor,
+               bias: torch.Tensor | None = None) -> torch.Tensor:
+    """The module's affine map ``x -> W x + b`` with ``weight`` and ``bias`` substituted, padding included."""
     if type(module).forward is nn.Linear.forward:
-        return F.linear(x, weight)
+        return F.linear(x, weight, bias)
     if type(module).forward in _PLAIN_FORWARDS:
-        return module._conv_forward(x, weight, None)
-    with substituted_parameters(module, weight=weight, bias=None):  # e.g. timm's Conv2dSame (pads, then convs)
+        return module._conv_forward(x, weight, bias)
+    with substituted_parameters(module, weight=weight, bias=bias):  # e.g. timm's Conv2dSame (pads, then convs)
         return module.forward(x)
 
 
@@ -58,16 +64,13 @@ def substituted_parameters(module: nn.Module, **tensors: torch.Tensor | None) ->
         module._parameters.update(saved)
 
 
-def add_bias(module: nn.Module, z: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-    if bias is None:
-        return z
-    if isinstance(module, nn.Linear):
-        return z + bias
-    return z + bias.view(1, -1, *([1] * (z.ndim - 2)))
-
-
 def vjp(outputs: list[torch.Tensor], inputs: list[torch.Tensor], grads: list[torch.Tensor]) -> tuple[torch.Tensor, ...]:
     return torch.autograd.grad(outputs, inputs, grads)
+
+
+def has_negatives(x: torch.Tensor) -> bool:
+    """Whether ``x`` has a negative entry (one reduction, no boolean tensor)."""
+    return bool(x.amin() < 0)
 
 
 # ---------------------------------------------------------------------------------------------- hooks
@@ -109,6 +112,9 @@ class Rule:
         return f"{type(self).__name__}({params})"
 
 
+_NO_HOOK = SimpleNamespace(remove=lambda: None)  # what ``Rule.register`` returns when no hook is needed
+
+
 class Epsilon(Rule):
     """LRP-epsilon: ``R_i = sum_j x_i w_ij R_j / (z_j + eps sign(z_j))`` (Bach et al. 2015).
 
@@ -123,7 +129,8 @@ class Epsilon(Rule):
     def forward_hook(self, module, inputs, output, name=""):
         if not isinstance(output, torch.Tensor) or output.grad_fn is None:
             return None
-        scale = output.detach() / stabilize(output.detach(), self.epsilon)  # before any later in-place op
+        scale = output.detach().abs()  # z / (z + eps sign z) = |z| / (|z| + eps), before any later in-place op
+        scale.div_(scale + self.epsilon)
         index = output.output_nr
 
         def rescale(grad_outputs):
@@ -135,12 +142,39 @@ class Epsilon(Rule):
         return None
 
 
+class _GradientTimes(torch.autograd.Function):
+    """Returns the layer output ``z`` as it is (no copy); its backward maps ``c_out`` to ``c_out * ratio`` for
+    the layer input. Autograd forbids later in-place changes of the returned tensor (it is a view of ``z``)."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, z: torch.Tensor, ratio: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(ratio)
+        return z
+
+    @staticmethod
+    def backward(ctx, c_out: torch.Tensor):
+        ratio, = ctx.saved_tensors
+        return c_out * ratio, None, None
+
+
 class Pass(Rule):
     """Pass-through for gating activations ``a = x * g(x)`` (ReLU, ReLU6, SiLU, GELU, ...): ``R_in = R_out``,
-    i.e. ``c_in = c_out * a / x`` (0 where ``x == 0``, where ``R_out = 0`` too)."""
+    i.e. ``c_in = c_out * a / x`` (0 where ``x == 0``, where ``R_out = 0`` too).
 
-    def input_gradient(self, module, x, z, c_out):
-        return c_out * torch.nan_to_num_(z / x, nan=0.0)  # gates have a(0) = 0, so 0/0 is the only NaN
+    ReLU's own gradient ``[x > 0]`` already is ``a / x`` (0 at 0, as in torch), so ReLUs get no hook.
+    """
+
+    def register(self, module, name=""):
+        if type(module) is nn.ReLU:
+            return _NO_HOOK
+        return super().register(module, name)
+
+    def forward_hook(self, module, inputs, output, name=""):
+        if not isinstance(output, torch.Tensor) or not inputs or not inputs[0].requires_grad:
+            return None
+        ratio = output.detach() / inputs[0].detach()
+        ratio.nan_to_num_(0.0)  # gates have a(0) = 0, so 0/0 is the only NaN
+        return _GradientTimes.apply(inputs[0], output.detach(), ratio)
 
 
 def _positive_part(t: torch.Tensor | None) -> torch.Tensor | None:
@@ -151,78 +185,47 @@ def _negative_part(t: torch.Tensor | None) -> torch.Tensor | None:
     return None if t is None else t.clamp(max=0)
 
 
-class _TwoWeightRule(Rule):
-    """Rules built from two modified weight sets ``A`` (for positive contributions) and ``B``:
-
-    ``z_pos = A x+ + b_A + B x-``, ``z_neg = B x+ + b_B + A x-`` and
-    ``c_in = [x>0] (A^T g_pos + B^T g_neg) + [x<0] (B^T g_pos + A^T g_neg)`` with ``g_pos``, ``g_neg`` from
-    :meth:`positive_gradient` / :meth:`negative_gradient`. ``x-`` terms are skipped when the input has no
-    negative entries (after ReLUs), and the ``z_neg`` products when there is no negative term (z+): each
-    product is computed only where it is used (no concatenated double batch).
-    """
-
-    negative_term = True
-
-    def __init__(self, stabilizer: float = 1e-6):
-        self.stabilizer = stabilizer
-
-    def weights(self, module) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
-        raise NotImplementedError
-
-    def positive_gradient(self, z, z_pos, relevance) -> torch.Tensor:
-        raise NotImplementedError
-
-    def negative_gradient(self, z, z_neg, relevance) -> torch.Tensor:
-        raise NotImplementedError
-
-    def input_gradient(self, module, x, z, c_out):
-        weight_a, weight_b, bias_a, bias_b = self.weights(module)
-        relevance = z * c_out
-        if not bool((x < 0).any()):
-            inputs = x.clamp(min=0).detach().requires_grad_()
-            out_a = linear_map(module, inputs, weight_a)
-            g_pos = self.positive_gradient(z, add_bias(module, out_a, bias_a), relevance)
-            if not self.negative_term:
-                return vjp([out_a], [inputs], [g_pos])[0] * (x > 0)
-            out_b = linear_map(module, inputs, weight_b)
-            g_neg = self.negative_gradient(z, add_bias(module, out_b, bias_b), relevance)
-            return vjp([out_a, out_b], [inputs], [g_pos, g_neg])[0] * (x > 0)
-        positive = x.clamp(min=0).detach().requires_grad_()
-        negative = x.clamp(max=0).detach().requires_grad_()
-        a_pos, b_neg = linear_map(module, positive, weight_a), linear_map(module, negative, weight_b)
-        g_pos = self.positive_gradient(z, add_bias(module, a_pos, bias_a) + b_neg, relevance)
-        if not self.negative_term:
-            grad_pos, grad_neg = vjp([a_pos, b_neg], [positive, negative], [g_pos, g_pos])
-        else:
-            b_pos, a_neg = linear_map(module, positive, weight_b), linear_map(module, negative, weight_a)
-            g_neg = self.negative_gradient(z, add_bias(module, b_pos, bias_b) + a_neg, relevance)
-            grad_pos, grad_neg = vjp([a_pos, b_neg, b_pos, a_neg], [positive, negative], [g_pos, g_pos, g_neg, g_neg])
-        return grad_pos * (x > 0) + grad_neg * (x < 0)
-
-
-class AlphaBeta(_TwoWeightRule):
+class AlphaBeta(Rule):
     """LRP-alpha-beta (Bach et al. 2015), ``alpha - beta = 1``:
     ``R_i = sum_j (alpha z+_ij / z+_j - beta z-_ij / z-_j) R_j`` with positive/negative contributions
-    ``z+_ij`` (positive bias part counted in ``z+_j``, negative in ``z-_j``)."""
+    ``z+_ij`` (positive bias part counted in ``z+_j``, negative in ``z-_j``).
+
+    With ``z_pos = w+ x+ + w- x- + b+``, ``z_neg = w- x+ + w+ x- + b-``, ``g_pos = alpha R / z_pos`` and
+    ``g_neg = -beta R / z_neg``: ``c_in = [x>0] (w+^T g_pos + w-^T g_neg) + [x<0] (w-^T g_pos + w+^T g_neg)``.
+    Products with ``x-`` are skipped when the input has no negative entries (after ReLUs), those of ``z_neg``
+    when ``beta = 0`` (z+).
+    """
 
     def __init__(self, alpha: float = 2.0, beta: float = 1.0, stabilizer: float = 1e-6):
         if alpha < 0 or beta < 0:
             raise ValueError(f"alpha and beta must be non-negative, got alpha={alpha}, beta={beta}")
         if alpha - beta != 1:
             raise ValueError(f"alpha - beta must equal 1 (conservation), got alpha={alpha}, beta={beta}")
-        super().__init__(stabilizer)
-        self.alpha, self.beta = alpha, beta
-        self.negative_term = beta != 0
+        self.alpha, self.beta, self.stabilizer = alpha, beta, stabilizer
 
-    def weights(self, module):
-        return (module.weight.clamp(min=0), module.weight.clamp(max=0),
-                _positive_part(module.bias), _negative_part(module.bias))
-
-    def positive_gradient(self, z, z_pos, relevance):
-        return self.alpha * relevance / stabilize(z_pos, self.stabilizer)
-
-    def negative_gradient(self, z, z_neg, relevance):
-        return -self.beta * relevance / stabilize(z_neg, self.stabilizer)
+    def input_gradient(self, module, x, z, c_out):
+        weight_pos, weight_neg = module.weight.clamp(min=0), module.weight.clamp(max=0)
+        relevance = z * c_out
+        signed = has_negatives(x)
+        inputs = [(x.clamp(min=0) if signed else x).detach().requires_grad_()]
+        if signed:
+            inputs.append(x.clamp(max=0).detach().requires_grad_())
+        outputs, grads = [], []
+        for factor, weights, bias in ((self.alpha, (weight_pos, weight_neg), _positive_part(module.bias)),
+                                      (-self.beta, (weight_neg, weight_pos), _negative_part(module.bias))):
+            if factor == 0:
+                continue
+            products = [linear_map(module, inputs[0], weights[0], bias)]
+            if signed:
+                products.append(linear_map(module, inputs[1], weights[1]))
+            total = products[0] + products[1] if signed else products[0]
+            grad = relevance / stabilize(total, self.stabilizer)
+            grad = grad if factor == 1 else grad.mul_(factor)
+            outputs += products
+            grads += [grad] * len(products)
+        gradients = vjp(outputs, inputs, grads)
+        # where x == 0 the relevance x * c_in is 0 whatever c_in is (zennit's clamps pass gradient there too)
+        return torch.where(x > 0, gradients[0], gradients[1]) if signed else gradients[0]
 
 
 class ZPlus(AlphaBeta):
@@ -233,28 +236,61 @@ class ZPlus(AlphaBeta):
         super().__init__(alpha=1.0, beta=0.0, stabilizer=stabilizer)
 
 
-class Gamma(_TwoWeightRule):
-    """Generalised LRP-gamma (Montavon et al. 2019; Andeol et al. 2021): weights ``w + gamma w+`` for positive
-    outputs and ``w + gamma w-`` for negative ones, i.e. ``A = w + gamma w+``, ``B = w + gamma w-`` and
-    ``g_pos = [z>0] R / z_pos``, ``g_neg = [z<0] R / z_neg`` (zennit's ``Gamma``)."""
+class _Joined(torch.autograd.Function):
+    """Identity on a layer output ``z`` (with its own graph) joined with side outputs ``extras``; the backward
+    maps ``c_out`` to gradients for ``(z, *extras)`` by ``split``, which autograd then takes through the layer's
+    own backward (``W^T``) and the side outputs' graphs."""
+
+    @staticmethod
+    def forward(ctx, split: Callable, z: torch.Tensor, *extras: torch.Tensor) -> torch.Tensor:
+        ctx.split = split
+        return z.clone()  # a fresh tensor: later in-place ops in the model cannot touch ``z``
+
+    @staticmethod
+    def backward(ctx, c_out: torch.Tensor):
+        return None, *ctx.split(c_out)
+
+
+class Gamma(Rule):
+    """Generalised LRP-gamma (Montavon et al. 2019; Andeol et al. 2021; zennit's ``Gamma``): weights
+    ``A = w + gamma w+`` for positive outputs and ``B = w + gamma w-`` for negative ones, on the positive and
+    negative input parts: ``z_pos = A x+ + B x- + b + gamma b+``, ``z_neg = B x+ + A x- + b + gamma b-``,
+    ``g_pos = [z>0] R / z_pos``, ``g_neg = [z<0] R / z_neg``, ``c_in = d z_pos/dx g_pos + d z_neg/dx g_neg``.
+
+    Computed with one modified product instead of four. With ``z = w x + b`` from the forward pass and
+    ``u = w+ |x| + w x- + b+`` (``u = w+ x + b+`` when ``x >= 0``), ``z_pos = z + gamma u`` and
+    ``z_neg = z + gamma (z - u)``, so ``c_in = w^T (g_pos + (1 + gamma) g_neg) + du/dx^T gamma (g_pos - g_neg)``:
+    the first term is the layer's own backward, the second the graph of ``u``.
+    """
 
     def __init__(self, gamma: float = 0.25, stabilizer: float = 1e-6):
         if gamma < 0:
             raise ValueError(f"gamma must be non-negative, got {gamma}")
-        super().__init__(stabilizer)
-        self.gamma = gamma
+        self.gamma, self.stabilizer = gamma, stabilizer
 
-    def weights(self, module):
-        weight, bias = module.weight, module.bias
-        return (weight + self.gamma * weight.clamp(min=0), weight + self.gamma * weight.clamp(max=0),
-                None if bias is None else bias + self.gamma * bias.clamp(min=0),
-                None if bias is None else bias + self.gamma * bias.clamp(max=0))
+    def forward_hook(self, module, inputs, output, name=""):
+        if not isinstance(output, torch.Tensor) or output.grad_fn is None or not inputs:
+            return None
+        x, weight = inputs[0], module.weight
+        signed = has_negatives(x)
+        u = linear_map(module, x.abs() if signed else x, weight.clamp(min=0), _positive_part(module.bias))
+        if signed:
+            u = u + linear_map(module, x.clamp(max=0), weight)
+        split = partial(self.split_gradient, output.detach(), u.detach())
+        return _Joined.apply(split, output, u)
 
-    def positive_gradient(self, z, z_pos, relevance):
-        return (z > 0) * relevance / stabilize(z_pos, self.stabilizer)
+    def split_gradient(self, z, u, c_out) -> tuple[torch.Tensor, torch.Tensor]:
+        """Gradients ``(g_pos + (1 + gamma) g_neg, gamma (g_pos - g_neg))`` for ``z`` and ``u`` (class docstring).
 
-    def negative_gradient(self, z, z_neg, relevance):
-        return (z < 0) * relevance / stabilize(z_neg, self.stabilizer)
+        Where ``z > 0`` only ``g_pos`` is non-zero, where ``z < 0`` only ``g_neg``, and where ``z == 0`` both are 0,
+        so one denominator per output (``z_pos`` or ``z_neg``) and one quotient ``q`` serve both terms:
+        ``((1 + gamma) q - gamma q p, 2 gamma q p - gamma q)`` with ``p = [z > 0]``."""
+        positive = (z > 0).to(z)
+        denominator = torch.lerp(z - u, u, positive).mul_(self.gamma).add_(z)  # lerp is exact for weights 0 / 1
+        quotient = (z * c_out).div_(stabilize(denominator, self.stabilizer))
+        quotient_pos = quotient * positive
+        return (torch.add(quotient.mul(1 + self.gamma), quotient_pos, alpha=-self.gamma),
+                torch.add(quotient_pos.mul_(2 * self.gamma), quotient, alpha=-self.gamma))
 
 
 class _InputLayerRule(Rule):
