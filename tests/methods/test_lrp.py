@@ -510,11 +510,12 @@ def test_in_place_change_of_an_activation_output_raises_clearly():
         def forward(self, x):
             return x.add_(1.0)
 
-    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.SiLU(), AddOneInPlace(), nn.Flatten(), nn.Linear(144, 3)).eval()
-    state, params = snapshot(model), list(model.parameters())
-    with pytest.raises(ValueError, match="modifies the output of an activation in place"):
-        LRP("epsilon").attribute(model, torch.randn(1, 3, 8, 8), 0)
-    assert_untouched(model, state, params)
+    for activation in (nn.SiLU(), nn.ReLU()):  # SiLU: the pass rule's output; ReLU: saved by its own backward
+        model = nn.Sequential(nn.Conv2d(3, 4, 3), activation, AddOneInPlace(), nn.Flatten(), nn.Linear(144, 3))
+        state, params = snapshot(model.eval()), list(model.parameters())
+        with pytest.raises(ValueError, match="modifies the output of an activation in place"):
+            LRP("epsilon").attribute(model, torch.randn(1, 3, 8, 8), 0)
+        assert_untouched(model, state, params)
 
 
 def test_zbox_on_a_non_input_layer_raises():

@@ -1,6 +1,9 @@
 """The LRP explainer: ``xaiimg.explain("lrp", model, x, composite="epsilon-gamma-box")``."""
 from __future__ import annotations
 
+from contextlib import contextmanager
+from typing import Iterator
+
 import torch
 from torch import nn
 
@@ -19,6 +22,23 @@ def unit_range_bounds(model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, 
     low = spec.from_unit_range(torch.zeros(shape, dtype=x.dtype, device=x.device))
     high = spec.from_unit_range(torch.ones(shape, dtype=x.dtype, device=x.device))
     return low, high
+
+
+_IN_PLACE_ERRORS = ("is a view and is being modified inplace",  # the output of a Pass-rule activation
+                    "modified by an inplace operation")         # a ReLU's output (ReLUs keep their own backward)
+
+
+@contextmanager
+def _in_place_activation_changes_explained() -> Iterator[None]:
+    """Turn autograd's in-place errors into one that says what to change in the model."""
+    try:
+        yield
+    except RuntimeError as error:
+        if not any(message in str(error) for message in _IN_PLACE_ERRORS):
+            raise
+        raise ValueError("LRP: the model modifies the output of an activation in place (e.g. `x += y` right after "
+                         "a ReLU/ReLU6/SiLU/GELU); LRP hands activation outputs on without a copy and needs them "
+                         "unchanged, so make that operation out of place (`x = x + y`)") from error
 
 
 @register("lrp")
@@ -65,19 +85,14 @@ class LRP(Explainer):
         composite = self.make_composite(model, x)
         x = x.detach().requires_grad_()
         with frozen_parameters(model), composite.context(model, x) as attribution, torch.enable_grad():
-            try:
+            with _in_place_activation_changes_explained():
                 logits = model(x)
-            except RuntimeError as error:
-                if "is a view and is being modified inplace" not in str(error):
-                    raise
-                raise ValueError("LRP: the model modifies the output of an activation in place (e.g. `x += y` "
-                                 "right after a ReLU6/SiLU/GELU); the pass-through rule hands that output on "
-                                 "without a copy, so make that operation out of place (`x = x + y`)") from error
             if logits.ndim != 2:
                 raise ValueError(f"LRP needs model outputs [B, classes], got shape {tuple(logits.shape)}")
             targets = resolve_targets(target, logits)
             one_hot = torch.zeros_like(logits).scatter_(1, targets[:, None], 1.0)
-            gradient, = torch.autograd.grad(logits, x, one_hot)
+            with _in_place_activation_changes_explained():
+                gradient, = torch.autograd.grad(logits, x, one_hot)
             relevance = attribution.relevance(gradient)
         return relevance.detach(), logits.detach()
 

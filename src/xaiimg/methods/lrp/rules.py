@@ -10,7 +10,8 @@ upper density ``c_out`` of a layer to the lower one ``c_in`` so that ``x * c_in`
 - :class:`Epsilon` rescales the upper gradient by ``z / (z + eps*sign(z))`` before the layer's own backward;
 - :class:`Pass` (ReLU, ReLU6, SiLU, GELU, ...) replaces ``f'(x)`` by ``f(x)/x``, i.e. ``R_in = R_out``;
 - :class:`ZPlus`, :class:`AlphaBeta` recompute the layer with modified weights in the backward;
-  :class:`Gamma` needs one modified product (``w+ x``) and reuses the layer's own forward and backward;
+  :class:`Gamma` needs one modified product (``w+ x``; two for signed inputs) and reuses the layer's own
+  forward and backward;
 - input-layer rules (:class:`ZBox`, :class:`Flat`) distribute relevance onto input values that need not be
   proportional to ``x``; they return the relevance itself (``produces_relevance``) and must see the model input.
 
@@ -33,8 +34,8 @@ from torch import nn
 def stabilize(z: torch.Tensor, epsilon: float) -> torch.Tensor:
     """``z + epsilon * sign(z)`` with ``sign(0) = 1`` (zennit's ``Stabilizer``, Captum's ``EpsilonRule``).
 
-    Computed as ``(|z| + epsilon)`` with the sign of ``z`` (bit-equal for every ``z`` but ``-0.0``, which gets
-    ``-epsilon``: a sum is ``-0.0`` only if all its terms are, so no contribution is then non-zero)."""
+    Computed as ``(|z| + epsilon)`` with the sign of ``z``, exact in the input's dtype; ``-0.0`` gets
+    ``-epsilon``, which changes nothing: a sum is ``-0.0`` only if all its terms are, so every contribution is 0."""
     return z.abs().add_(epsilon).copysign_(z)
 
 
@@ -70,7 +71,7 @@ def vjp(outputs: list[torch.Tensor], inputs: list[torch.Tensor], grads: list[tor
 
 def has_negatives(x: torch.Tensor) -> bool:
     """Whether ``x`` has a negative entry (one reduction, no boolean tensor)."""
-    return bool(x.amin() < 0)
+    return x.numel() > 0 and bool(x.amin() < 0)
 
 
 # ---------------------------------------------------------------------------------------------- hooks
@@ -191,7 +192,9 @@ class AlphaBeta(Rule):
     ``z+_ij`` (positive bias part counted in ``z+_j``, negative in ``z-_j``).
 
     With ``z_pos = w+ x+ + w- x- + b+``, ``z_neg = w- x+ + w+ x- + b-``, ``g_pos = alpha R / z_pos`` and
-    ``g_neg = -beta R / z_neg``: ``c_in = [x>0] (w+^T g_pos + w-^T g_neg) + [x<0] (w-^T g_pos + w+^T g_neg)``.
+    ``g_neg = -beta R / z_neg``: ``c_in = w+^T g_pos + w-^T g_neg`` where ``x > 0``, ``w-^T g_pos + w+^T g_neg``
+    where ``x < 0``. Where ``x == 0`` ``c_in`` is left unspecified (it may be large): the relevance ``x c_in``
+    is 0 there, and every rule below maps the density at a zero output to 0.
     Products with ``x-`` are skipped when the input has no negative entries (after ReLUs), those of ``z_neg``
     when ``beta = 0`` (z+).
     """
@@ -257,10 +260,11 @@ class Gamma(Rule):
     negative input parts: ``z_pos = A x+ + B x- + b + gamma b+``, ``z_neg = B x+ + A x- + b + gamma b-``,
     ``g_pos = [z>0] R / z_pos``, ``g_neg = [z<0] R / z_neg``, ``c_in = d z_pos/dx g_pos + d z_neg/dx g_neg``.
 
-    Computed with one modified product instead of four. With ``z = w x + b`` from the forward pass and
+    Computed with one modified product instead of four (two for signed inputs). With ``z = w x + b`` from the forward pass and
     ``u = w+ |x| + w x- + b+`` (``u = w+ x + b+`` when ``x >= 0``), ``z_pos = z + gamma u`` and
     ``z_neg = z + gamma (z - u)``, so ``c_in = w^T (g_pos + (1 + gamma) g_neg) + du/dx^T gamma (g_pos - g_neg)``:
-    the first term is the layer's own backward, the second the graph of ``u``.
+    the first term is the layer's own backward, the second the graph of ``u``. As in :class:`AlphaBeta`,
+    ``c_in`` where ``x == 0`` is left unspecified (the relevance there is 0).
     """
 
     def __init__(self, gamma: float = 0.25, stabilizer: float = 1e-6):
