@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from xaiimg.analysis.aesthetic import (cam_with_without_attention, class_activation_maps, feature_maps_by_stage,
-                                       lrp_through_attention, subject_focus_study, subject_mass_share)
+                                       lrp_through_attention, positive_relevance, subject_focus_study,
+                                       subject_mass_share)
 from xaiimg.methods import Explainer, available_methods, get_method
 from xaiimg.methods.base import resolve_targets, select_scores
 from xaiimg.models.aesthetic import AestheticModel, attention_modules
@@ -185,3 +186,9 @@ def test_lrp_through_attention_detaches_and_conserves():
     with torch.no_grad():
         logits = model(x)[[0, 1], [2, 5]]
     assert torch.allclose(lrp.flatten(1).sum(1), logits, rtol=0, atol=1e-5)  # epsilon absorbs ~1e-6
+
+
+def test_positive_relevance_keeps_the_positive_part_scaled_to_one():
+    relevance = torch.tensor([[[[-2.0, 1.0], [4.0, 0.5]]], [[[-1.0, -3.0], [0.0, -0.5]]]])
+    expected = torch.tensor([[[[0.0, 0.25], [1.0, 0.125]]], [[[0.0, 0.0], [0.0, 0.0]]]])
+    torch.testing.assert_close(positive_relevance(relevance), expected)

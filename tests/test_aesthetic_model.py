@@ -9,9 +9,11 @@ import torch
 from torch import nn
 from torch.utils.data import TensorDataset
 
-from xaiimg.analysis.aesthetic import load_composition_run
+from xaiimg.analysis.aesthetic import load_ava_run, load_composition_run
 from xaiimg.analysis.aesthetic import main as analysis_main
+from xaiimg.data.ava import read_ava_txt
 from xaiimg.data.composition import CompositionConfig, make_composition_set
+from xaiimg.data.images import load_image
 from xaiimg.models.aesthetic import (AestheticModel, ChannelAttention, DualAttention, PositionAttention,
                                      attention_detached, average_ranks, emd_loss, load_aesthetic, main,
                                      rank_correlation, save_checkpoint, score_metrics, train_aesthetic,
@@ -361,6 +363,19 @@ def test_cli_trains_on_ava(tmp_path):
     main(arguments[:2] + [str(tmp_path / "again")] + arguments[3:])
     again = json.loads((tmp_path / "again" / "summary.json").read_text())
     assert again["variants"]["attention"]["test"] == summary["variants"]["attention"]["test"]   # seeded
+
+    # read back for the notebooks: checkpoints and the held-out images the run recorded, in test-file order
+    with_attention, plain, x, scores = load_ava_run(out, count=3)
+    assert with_attention.attention and not plain.attention and x.shape == (3, 3, 224, 224)
+    records = read_ava_txt(tmp_path / "test.txt")[:3]
+    torch.testing.assert_close(scores, torch.tensor([r.mean_score for r in records], dtype=scores.dtype))
+    first = with_attention.spec.transform()(load_image(tmp_path / "images" / f"{records[0].image_id}.jpg"))
+    torch.testing.assert_close(x[0], first)
+    assert len(load_ava_run(out)[2]) == 4
+    with pytest.raises(FileNotFoundError, match="train-ava"):
+        load_ava_run(tmp_path / "no-run")
+    with pytest.raises(FileNotFoundError, match="none of the 4 test images"):
+        load_ava_run(out, images=tmp_path)
 
 
 def test_ava_training_rejects_bad_settings(tmp_path):

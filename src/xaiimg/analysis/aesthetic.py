@@ -6,6 +6,9 @@
    backbone-only model; :func:`subject_focus_study` quantifies "attention moves focus onto the subject" as the
    share of CAM mass inside the subject mask (:func:`subject_mass_share`) over a held-out set.
 3. :func:`lrp_through_attention`: LRP with the attention weights held constant (conservative propagation).
+
+Runs are read back by :func:`load_composition_run` (synthetic scenes with subject masks) and :func:`load_ava_run`
+(AVA photographs, full profile).
 """
 from __future__ import annotations
 
@@ -193,6 +196,12 @@ def lrp_through_attention(model: nn.Module, x: torch.Tensor, target: TargetLike 
         return explainer(subject, x, target=0 if explain_score else target, normalize=normalize)
 
 
+def positive_relevance(relevance: torch.Tensor) -> torch.Tensor:
+    """The positive part of each relevance map ``[B,1,H,W]`` divided by its maximum (all-zero maps stay 0)."""
+    positive = relevance.clamp_min(0)
+    return positive / positive.flatten(1).amax(1).clamp_min(1e-12).view(-1, *([1] * (relevance.ndim - 1)))
+
+
 # ------------------------------------------------------------------------------------------- run loading
 def load_composition_run(out_dir, split: str = "test"):
     """``(model with attention, model without, CompositionSet)`` of a run of
@@ -215,6 +224,40 @@ def load_composition_run(out_dir, split: str = "test"):
     config = CompositionConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in benchmark["config"].items()})
     images = make_composition_set(benchmark["sizes"][split], config, seed=benchmark["seeds"][split])
     return load_aesthetic(out_dir / "attention" / "best.pt"), load_aesthetic(out_dir / "plain" / "best.pt"), images
+
+
+def load_ava_run(run_dir, count: int | None = None, images=None, test_labels=None):
+    """``(model with attention, model without, x [N,3,H,W] (model input), mean scores [N])`` of a run of
+    ``python -m xaiimg.models.aesthetic train-ava --out <run_dir>``: its best-on-validation checkpoints and the
+    first ``count`` (all if None) held-out images present on disk, read from the image folder and test-split label
+    file the run recorded (or ``images`` / ``test_labels`` where they have moved). AVA has no subject masks, so
+    these serve the qualitative figures only."""
+    import json
+    from pathlib import Path
+
+    from xaiimg.data.ava import AVADataset, read_ava_labels
+    from xaiimg.models.aesthetic import load_aesthetic
+
+    run_dir = Path(run_dir)
+    summary_path = run_dir / "summary.json"
+    if not summary_path.is_file():
+        raise FileNotFoundError(f"{summary_path} not found; run `python -m xaiimg.models.aesthetic train-ava --out "
+                                f"{run_dir} ...` first (data/README.md, AVA)")
+    recorded = json.loads(summary_path.read_text()).get("data", {})
+    images = images if images is not None else recorded.get("images")
+    test_labels = test_labels if test_labels is not None else recorded.get("test_labels")
+    if images is None or test_labels is None:
+        raise ValueError(f"{summary_path} records no AVA image folder / test labels; pass images= and test_labels=")
+    with_attention = load_aesthetic(run_dir / "attention" / "best.pt")
+    plain = load_aesthetic(run_dir / "plain" / "best.pt")
+    records = read_ava_labels(test_labels)
+    held_out = AVADataset(records, images, with_attention.spec.transform(), missing="skip")
+    if len(held_out) == 0:
+        raise FileNotFoundError(f"none of the {len(records)} test images of {test_labels} is in {images}")
+    pairs = [held_out[i] for i in range(len(held_out) if count is None else min(count, len(held_out)))]
+    x = torch.stack([image for image, _ in pairs])
+    scores = mean_score(torch.stack([distribution for _, distribution in pairs]))
+    return with_attention, plain, x, scores
 
 
 def focus_report(out_dir, targets=("score", None), batch_size: int = 16) -> dict:
