@@ -73,15 +73,25 @@ def centre_baseline(count: int, size: tuple[int, int], sigma_fraction: float = 0
 def pointing_table(maps: Mapping[str, torch.Tensor], masks: torch.Tensor, classes: Sequence[int],
                    presets: Sequence[str] = ("torchray", "thesis-top100"), tolerance: float = 15):
     """Pointing-game accuracy (%) per method and preset (thesis table 3-3); ``masks`` ``[n,H,W]`` per entry."""
-    rows, results = [], {}
-    for method, saliency in maps.items():
+    results = {(method, preset): pointing_game(saliency, masks=masks, classes=list(classes), preset=preset,
+                                               tolerance=tolerance)
+               for method, saliency in maps.items() for preset in presets}
+    return pointing_rows(results, list(maps), presets), results
+
+
+def pointing_rows(results: Mapping[tuple[str, str], Any], methods: Sequence[str], presets: Sequence[str],
+                  difficult: bool = False) -> list[dict[str, Any]]:
+    """One row per method: accuracy (%) per preset, and on the difficult subset too with ``difficult``."""
+    rows = []
+    for method in methods:
         row: dict[str, Any] = {"method": method}
         for preset in presets:
-            result = pointing_game(saliency, masks=masks, classes=list(classes), preset=preset, tolerance=tolerance)
-            results[(method, preset)] = result
-            row[f"{preset} (%)"] = 100 * result.summary()["accuracy"]
+            summary = results[(method, preset)].summary()
+            row[f"{preset} (%)"] = 100 * summary["accuracy"]
+            if difficult:
+                row[f"{preset} difficult (%)"] = 100 * summary["accuracy_difficult"]
         rows.append(row)
-    return rows, results
+    return rows
 
 
 def class_regions(dataset, index: int) -> tuple[Any, dict[int, Any]]:
@@ -150,15 +160,7 @@ def streamed_pointing_table(model, dataset, methods: Mapping[str, Mapping[str, A
             for preset in presets:
                 games[(method, preset)].update(saliency, masks=masks, classes=classes, difficult=difficult)
     results = {key: game.result() for key, game in games.items()}
-    rows = []
-    for method in explainers:
-        row: dict[str, Any] = {"method": method}
-        for preset in presets:
-            summary = results[(method, preset)].summary()
-            row[f"{preset} (%)"] = 100 * summary["accuracy"]
-            row[f"{preset} difficult (%)"] = 100 * summary["accuracy_difficult"]
-        rows.append(row)
-    return rows, results
+    return pointing_rows(results, list(explainers), presets, difficult=True), results
 
 
 def perturbation_table(model, x: torch.Tensor, maps: Mapping[str, torch.Tensor], labels=None,
