@@ -113,9 +113,9 @@ def test_saliency_segment_keeps_exactly_top_k_percent():
 
 
 def test_committed_figures_stay_small():
-    """The pipeline's figures are committed to git; save_figure's default dpi keeps each one under 1.5 MiB (the
-    largest, notebook 01's 24 panels over noise-textured scenes, is 1.2 MB at 100 dpi; 2.4 MB at 200 dpi)."""
+    """The pipeline's figures are committed to git, so each stays under 1 MiB: save_figure's default 100 dpi, and
+    80 dpi for the two figures with the most noise-textured panels (notebooks 01 and 05)."""
     figures = sorted((Path(__file__).resolve().parents[1] / "figures").glob("*.*"))
     assert figures, "figures/ holds the pipeline's committed outputs"
-    too_large = {p.name: p.stat().st_size for p in figures if p.stat().st_size > 1.5 * 2**20}
-    assert not too_large, f"figures over 1.5 MiB: {too_large}"
+    too_large = {p.name: p.stat().st_size for p in figures if p.stat().st_size > 2**20}
+    assert not too_large, f"figures over 1 MiB: {too_large}"

@@ -144,8 +144,8 @@ def save_figure(fig, path_stem: str | Path, dpi: int = 100, formats: Sequence[st
     """Write ``<path_stem>.pdf`` (vector) and ``<path_stem>.png`` (``dpi``), creating folders; returns the paths.
 
     ``dpi`` also sets the resolution of image panels inside the PDF (matplotlib resamples ``imshow`` output to it).
-    The default 100 keeps a 2-inch panel of a 224-pixel input near its native resolution and each of the
-    pipeline's many-panel figures, which the repository commits, under 1.5 MiB.
+    The default 100 keeps a 2-inch panel of a 224-pixel input near its native resolution; the repository commits
+    the pipeline's figures, and figures with many noise-textured panels pass a lower ``dpi`` to stay under 1 MiB.
 
     No creation date is written, so rerunning a pipeline stage gives byte-identical files (DVC sees no change).
     ``close`` releases the figure (and removes it from pyplot's list if pyplot made it).
