@@ -35,7 +35,8 @@ def test_atomic_write_leaves_nothing_on_error(tmp_path):
 
 def test_results_store_round_trip_and_export(tmp_path):
     store = ResultsStore(tmp_path / "runs")
-    store.add(RunRecord("explain", "grad-cam", "efficientnet_lite0", "chelsea", {"layer": "bn2"}, {"ins": 0.5}))
+    path = store.add(RunRecord("explain", "grad-cam", "efficientnet_lite0", "chelsea", {"layer": "bn2"}, {"ins": 0.5}))
+    assert path.parent == tmp_path / "runs" / "records" and json.loads(path.read_text())["schema_version"] == 1
     store.add(RunRecord("evaluate", "rise", "efficientnet_lite0", "coffee", {"seed": 0}, {"del": 0.2, "curve": [1, 2]}))
     records = store.records()
     assert [r.method for r in records] == ["grad-cam", "rise"] and records[0].versions["torch"]
