@@ -16,10 +16,11 @@ import torch
 
 from xaiimg.methods import available_methods, get_method, registry
 from xaiimg.methods.base import Explainer
+from xaiimg.metrics import available_metrics, get_metric
 from xaiimg.report import ResultsStore, RunRecord
 
 ENHANCEMENT = "sliding-window"
-EXPERIMENT_METRICS = ("insertion-deletion",)
+EXPERIMENT_METRICS = tuple(name for name in available_metrics() if get_metric(name).per_image)
 
 
 def open_model(name: str | None = None, arch: str | None = None, checkpoint: str | Path | None = None):
@@ -86,15 +87,16 @@ def explain_methods(model, x: torch.Tensor, methods: Mapping[str, Mapping[str, A
     return out
 
 
-def score_images(metric: str, model, x: torch.Tensor, saliency: torch.Tensor, **params) -> dict[str, list[float]]:
-    """Per-image scores of an experiment metric (``EXPERIMENT_METRICS``), keyed by score name."""
-    if metric == "insertion-deletion":
-        from xaiimg.metrics.faithfulness import insertion_deletion
-
-        result = insertion_deletion(model, x, saliency, **params)
-        return {"insertion_auc": result.insertion_auc.tolist(), "deletion_auc": result.deletion_auc.tolist(),
-                "overall": result.overall.tolist()}
-    raise ValueError(f"unknown experiment metric {metric!r}; available: {', '.join(EXPERIMENT_METRICS)}")
+def score_images(metric: str, model, x: torch.Tensor, saliency: torch.Tensor, target=None,
+                 **params) -> dict[str, list[float]]:
+    """Per-image scores of a registered metric that scores each image from its maps alone (``EXPERIMENT_METRICS``),
+    keyed by score name; ``target`` and ``params`` are the metric's ``targets`` and options."""
+    scorer = get_metric(metric)
+    if not scorer.per_image:
+        needs = "an explainer" if scorer.explains else f"ground truth ({' or '.join(scorer.ground_truth)})"
+        raise ValueError(f"metric {metric!r} needs {needs}, not per-image maps; experiment metrics: "
+                         f"{', '.join(EXPERIMENT_METRICS)}")
+    return scorer(model, x, saliency, target, **params).per_sample()
 
 
 @dataclass

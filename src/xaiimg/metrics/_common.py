@@ -83,6 +83,12 @@ def as_index_tensor(values: Sequence[int] | torch.Tensor, length: int, name: str
     return tensor
 
 
+def one_per_sample(targets, count: int) -> torch.Tensor:
+    """Class indices ``targets`` (an int, or one per sample) as ``[count]`` values (length checked by the callee)."""
+    values = torch.as_tensor(targets).reshape(-1)
+    return values.expand(count) if values.numel() == 1 else values
+
+
 def resolve_explainer(explainer) -> Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]:
     """``explain(model, x, targets) -> [B,1,H,W]`` from a registered method name, an ``Explainer`` or a callable
     with that signature."""

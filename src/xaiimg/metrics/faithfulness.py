@@ -22,6 +22,7 @@ from torch import nn
 
 from xaiimg.metrics._common import (check_metric_inputs, original_logits_and_targets, prepare_saliency,
                                     score_jobs)
+from xaiimg.metrics.registry import register_metric
 from xaiimg.metrics.results import MetricResult
 from xaiimg.methods.base import preserved_state
 from xaiimg.ops import gaussian_blur, stable_descending_order
@@ -139,6 +140,10 @@ class InsertionDeletionResult(MetricResult):
         return {"insertion_auc": self.insertion_auc.mean().item(), "deletion_auc": self.deletion_auc.mean().item(),
                 "overall": self.overall.mean().item()}
 
+    def per_sample(self) -> dict[str, list[float]]:
+        return {"insertion_auc": self.insertion_auc.tolist(), "deletion_auc": self.deletion_auc.tolist(),
+                "overall": self.overall.tolist()}
+
     def to_dict(self) -> dict:
         return {**super().to_dict(), "overall": self.overall.tolist()}
 
@@ -199,3 +204,11 @@ def insertion_deletion(model: nn.Module, x: torch.Tensor, saliency: torch.Tensor
         protocol=preset.name, pixels_per_step=step, targets=targets, fractions=fractions,
         insertion_curve=insertion, deletion_curve=deletion,
         insertion_auc=trapezoid_auc(insertion), deletion_auc=trapezoid_auc(deletion))
+
+
+@register_metric("insertion-deletion", category="faithfulness", result=InsertionDeletionResult,
+                 paper="Petsiuk, Das & Saenko, RISE: Randomized Input Sampling for Explanation of Black-box Models, "
+                       "BMVC 2018")
+def _insertion_deletion_metric(model, inputs, saliency, targets=None, **options) -> InsertionDeletionResult:
+    """:func:`insertion_deletion` in the registry's order; ``options``: ``protocol``, ``batch_size``, ``progress``."""
+    return insertion_deletion(model, inputs, saliency, target=targets, **options)

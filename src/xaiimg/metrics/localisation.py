@@ -11,6 +11,8 @@ from typing import ClassVar, Sequence
 
 import torch
 
+from xaiimg.metrics._common import one_per_sample
+from xaiimg.metrics.registry import register_metric
 from xaiimg.metrics.results import MetricResult
 from xaiimg.ops import minmax_normalize, stable_descending_order, upsample
 
@@ -298,3 +300,25 @@ def segmentation_scores(saliency, masks, ap_average: str = "macro") -> Segmentat
     scores = SegmentationScores(ap_average=ap_average)
     scores.update(saliency, masks)
     return scores.result()
+
+
+@register_metric("pointing-game", category="localisation", result=PointingGameResult, ground_truth=("masks", "boxes"),
+                 paper="Zhang, Bargal, Lin, Brandt, Shen & Sclaroff, Top-down Neural Attention by Excitation Backprop, "
+                       "ECCV 2016")
+def _pointing_game_metric(model, inputs, saliency, targets=None, **options) -> PointingGameResult:
+    """:func:`pointing_game` in the registry's order; ``model`` is not used. ``targets`` (an int or one per image)
+    are the classes of the class-averaged accuracy; the ground truth is ``masks=`` or ``boxes=``, boxes in pixels
+    of ``inputs`` (whose size is the default of ``image_sizes``)."""
+    if "boxes" in options:
+        options.setdefault("image_sizes", [tuple(inputs.shape[-2:])] * len(saliency))
+    classes = None if targets is None else one_per_sample(targets, len(saliency))
+    return pointing_game(saliency, classes=classes, **options)
+
+
+@register_metric("segmentation", category="localisation", result=SegmentationResult, ground_truth=("masks",),
+                 paper="Chefer, Gur & Wolf, Transformer Interpretability Beyond Attention Visualization, CVPR 2021 "
+                       "(ImageNet-Segmentation protocol)")
+def _segmentation_metric(model, inputs, saliency, targets=None, *, masks, **options) -> SegmentationResult:
+    """:func:`segmentation_scores` of ``saliency`` against ``masks=``; ``model``, ``inputs`` and ``targets`` are not
+    used (the masks outline the explained class)."""
+    return segmentation_scores(saliency, masks, **options)

@@ -15,8 +15,9 @@ from typing import Callable, ClassVar, Sequence
 import torch
 from torch import nn
 
-from xaiimg.metrics._common import (as_index_tensor, check_metric_inputs, forward_in_chunks, prepare_saliency,
-                                    score_jobs)
+from xaiimg.metrics._common import (as_index_tensor, check_metric_inputs, forward_in_chunks, one_per_sample,
+                                    prepare_saliency, score_jobs)
+from xaiimg.metrics.registry import register_metric
 from xaiimg.metrics.results import MetricResult
 from xaiimg.methods.base import preserved_state
 from xaiimg.ops import stable_descending_order
@@ -59,6 +60,13 @@ class PerturbationResult(MetricResult):
 
     def summary(self) -> dict[str, float]:
         return {"positive_auc": self.positive_auc, "negative_auc": self.negative_auc, "overall": self.overall}
+
+    def per_sample(self) -> dict[str, list[float]]:
+        """Each image's AUCs of its own correctness curve (the trapezoid is linear: they average to the AUCs)."""
+        positive = torch.trapezoid(self.positive_correct.double(), self.fractions, dim=1) * 100
+        negative = torch.trapezoid(self.negative_correct.double(), self.fractions, dim=1) * 100
+        return {"positive_auc": positive.tolist(), "negative_auc": negative.tolist(),
+                "overall": (negative - positive).tolist()}
 
     def to_dict(self) -> dict:
         return {**super().to_dict(), "positive_accuracy": self.positive_accuracy.tolist(),
@@ -154,3 +162,15 @@ def positive_negative_perturbation(model: nn.Module, x: torch.Tensor, saliency: 
         reference=reference, fractions=torch.tensor([0.0, *fraction_values], dtype=torch.float64),
         classes=classes, positive_correct=torch.cat([unperturbed, correct[0]], dim=1).cpu(),
         negative_correct=torch.cat([unperturbed, correct[1]], dim=1).cpu())
+
+
+@register_metric("positive-negative-perturbation", category="faithfulness", result=PerturbationResult,
+                 paper="Chefer, Gur & Wolf, Transformer Interpretability Beyond Attention Visualization, CVPR 2021")
+def _perturbation_metric(model, inputs, saliency, targets=None, **options) -> PerturbationResult:
+    """:func:`positive_negative_perturbation` in the registry's order. ``targets=None`` scores against the class
+    predicted on the unperturbed image; given ``targets`` (an int or one per image) are the labels
+    (``reference="label"``)."""
+    if targets is None:
+        return positive_negative_perturbation(model, inputs, saliency, **options)
+    return positive_negative_perturbation(model, inputs, saliency, labels=one_per_sample(targets, len(inputs)),
+                                          reference="label", **options)

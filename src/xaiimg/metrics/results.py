@@ -40,6 +40,11 @@ class MetricResult:
         """Aggregate scores over the samples, one float each (keys ordered as ``higher_is_better``)."""
         raise NotImplementedError
 
+    def per_sample(self) -> dict[str, list[float]]:
+        """The summary's scores per image (their mean is the summary), for the metrics that score each image on
+        its own (:attr:`xaiimg.metrics.registry.Metric.per_image`)."""
+        raise NotImplementedError(f"{type(self).__name__} has no per-image scores")
+
     def to_dict(self) -> dict:
         """Every field (per-sample values, curves) as plain Python values, plus ``summary`` and the directions."""
         fields = {field.name: _plain(getattr(self, field.name)) for field in dataclasses.fields(self)}

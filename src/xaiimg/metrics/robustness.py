@@ -17,6 +17,7 @@ from torch import nn
 
 from xaiimg.metrics._common import (check_maps, check_metric_inputs, forward_in_chunks,
                                     resolve_explainer)
+from xaiimg.metrics.registry import register_metric
 from xaiimg.metrics.results import MetricResult
 from xaiimg.methods.base import batches, frozen_parameters, preserved_state, resolve_targets
 
@@ -95,3 +96,12 @@ def max_sensitivity(explainer, model: nn.Module, x: torch.Tensor, target=None, r
         fgsm_ratio = ((attacked_maps - reference).norm(dim=1) / reference_norm).cpu()
     return SensitivityResult(radius=float(radius), targets=targets.cpu(), sampled=sampled.cpu(),
                              fgsm_sensitivity=fgsm_ratio)
+
+
+@register_metric("max-sensitivity", category="robustness", result=SensitivityResult, explains=True,
+                 paper="Yeh, Hsieh, Suggala, Inouye & Ravikumar, On the (In)fidelity and Sensitivity of Explanations, "
+                       "NeurIPS 2019")
+def _max_sensitivity_metric(model, inputs, explainer, targets=None, **options) -> SensitivityResult:
+    """:func:`max_sensitivity` in the registry's order; ``options``: ``radius``, ``samples``, ``seed``, ``attack``,
+    ``batch_size``."""
+    return max_sensitivity(explainer, model, inputs, target=targets, **options)

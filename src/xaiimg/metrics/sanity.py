@@ -18,6 +18,7 @@ from torch import nn
 
 from xaiimg.metrics._common import (check_maps, check_metric_inputs, forward_in_chunks,
                                     resolve_explainer)
+from xaiimg.metrics.registry import register_metric
 from xaiimg.metrics.results import MetricResult
 from xaiimg.methods.base import preserved_state, resolve_targets
 from xaiimg.ops import minmax_normalize
@@ -161,3 +162,12 @@ def model_randomisation(model: nn.Module, explainer, x: torch.Tensor, target=Non
         ssim_rows.append(ssim(minmax_normalize(original), minmax_normalize(maps)))
     return RandomisationResult(mode=mode, layers=order, targets=targets.cpu(),
                                spearman=torch.stack(spearman_rows).cpu(), ssim=torch.stack(ssim_rows).cpu())
+
+
+@register_metric("model-randomisation", category="sanity", result=RandomisationResult, explains=True,
+                 paper="Adebayo, Gilmer, Muelly, Goodfellow, Hardt & Kim, Sanity Checks for Saliency Maps, "
+                       "NeurIPS 2018")
+def _model_randomisation_metric(model, inputs, explainer, targets=None, **options) -> RandomisationResult:
+    """:func:`model_randomisation` in the registry's order; ``options``: ``mode``, ``layers``, ``seed``, ``absolute``,
+    ``batch_size``."""
+    return model_randomisation(model, explainer, inputs, target=targets, **options)
