@@ -3,6 +3,9 @@ from __future__ import annotations
 
 import csv
 import json
+import os
+import shutil
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -12,6 +15,7 @@ import torch
 
 from xaiimg.cli import main
 from xaiimg.data import sample_images
+from xaiimg.report import ResultsStore
 
 
 @pytest.fixture(scope="module")
@@ -34,7 +38,7 @@ def test_explain_writes_grid_and_maps(images, tmp_path, capsys):
     assert _listing(out) == ["maps.pt", "saliency_grid.pdf", "saliency_grid.png"]
     saved = torch.load(out / "maps.pt", weights_only=True)
     assert saved["files"] == ["chelsea.png", "coffee.png"] and saved["maps"]["grad-cam"].shape == (2, 1, 224, 224)
-    assert len(list((tmp_path / "runs").glob("*.json"))) == 1
+    assert len(ResultsStore(tmp_path / "runs").records()) == 1
     assert str(out / "saliency_grid.png") in capsys.readouterr().out
 
 
@@ -58,6 +62,8 @@ def test_evaluate_and_compare_tables(images, tmp_path):
     (lambda d, t: ["explain", str(t / "broken.jpg"), "--method", "grad-cam"], "not a readable image"),
     (lambda d, t: ["explain", str(d), "--method", "grad-cam", "--arch", "resnet18", "--checkpoint",
                    str(t / "pickled.pth")], "not a plain state_dict"),
+    (lambda d, t: ["explain", str(d), "--method", "grad-cam", "--arch", "resnet18", "--checkpoint",
+                   str(t / "linear.pth")], "does not fit architecture 'resnet18': missing keys ("),
     (lambda d, t: ["explain", str(d), "--method", "grad-cam", "--param", "grad-cam.layer=\"nope\""],
      "unknown layer 'nope'"),
     (lambda d, t: ["explain", str(d), "--method", "grad-cam", "--param", "rise.seed=1"], "not among --method"),
@@ -65,6 +71,7 @@ def test_evaluate_and_compare_tables(images, tmp_path):
 def test_bad_input_exits_2_and_writes_nothing(images, tmp_path, capsys, make_args, message):
     (tmp_path / "broken.jpg").write_text("not an image")
     torch.save(torch.nn.Linear(2, 2), tmp_path / "pickled.pth")
+    torch.save(torch.nn.Linear(2, 2).state_dict(), tmp_path / "linear.pth")
     out = tmp_path / "out"
     out.mkdir()
     (out / "keep.txt").write_text("earlier result")
@@ -80,11 +87,40 @@ def test_new_output_folder_is_removed_on_failure(images, tmp_path):
     assert not out.exists()
 
 
+@pytest.fixture
+def tiny_model(monkeypatch, tiny_cnn):
+    """``open_model`` gives the tiny CNN of conftest, so a command runs in a moment."""
+    monkeypatch.setattr("xaiimg.compare.open_model", lambda *_args, **_kwargs: tiny_cnn)
+
+
+def test_out_in_an_input_folder_only_when_allowed(images, tmp_path, tiny_model, capsys):
+    folder = tmp_path / "photos"
+    shutil.copytree(images, folder)
+    command = ["explain", str(folder), "--method", "gradient", "--formats", "png", "--out", str(folder)]
+    assert main(command) == 2
+    assert "--allow-out-in-input" in capsys.readouterr().err and _listing(folder) == ["chelsea.png", "coffee.png"]
+    assert main(command + ["--allow-out-in-input"]) == 0
+    assert _listing(folder) == ["chelsea.png", "coffee.png", "maps.pt", "saliency_grid.png"]
+
+
+def test_outputs_follow_the_umask(images, tmp_path, tiny_model):
+    previous = os.umask(0o027)
+    try:
+        assert main(["explain", str(images), "--method", "gradient", "--out", str(tmp_path / "new" / "out"),
+                     "--store", str(tmp_path / "runs")]) == 0
+    finally:
+        os.umask(previous)
+    written = list(tmp_path.rglob("*"))
+    assert {p.name for p in written} >= {"new", "out", "runs", "maps.pt", "saliency_grid.png", "saliency_grid.pdf"}
+    for path in written:
+        assert stat.S_IMODE(path.stat().st_mode) == (0o750 if path.is_dir() else 0o640), path
+
+
 def test_help_explains_every_option():
     result = subprocess.run([sys.executable, "-m", "xaiimg.cli", "compare", "--help"], capture_output=True, text=True)
     assert result.returncode == 0
     for option in ["--method", "--param", "--model", "--arch", "--checkpoint", "--target", "--enhance", "--out",
-                   "--store", "--metric", "--protocol", "--formats"]:
+                   "--store", "--allow-out-in-input", "--metric", "--protocol", "--formats"]:
         assert option in result.stdout
 
 

@@ -1,12 +1,16 @@
 """Command line: ``xaiimg explain | evaluate | compare | export | methods`` over the comparison functions.
 
-Outputs are built in a staging folder inside ``--out`` and moved into place only when the whole command has
-succeeded: a failed command leaves the output folder as it was. Errors print one line and exit with status 2.
+Every argument and output location is checked before a model is loaded. Outputs are built in a staging folder
+inside ``--out`` and moved into place only when the whole command has succeeded: a failed command leaves the
+output folder as it was. ``--out`` and ``--store`` may not lie in an input folder (a later run over that folder
+would read the figures as images) unless ``--allow-out-in-input`` is given. Errors, usage errors and failed
+writes included, print one line (``xaiimg: error: ...``) and exit with status 2.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import sys
 import tempfile
@@ -15,10 +19,19 @@ from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 EXIT_USAGE = 2
+DEFAULT_MODEL = "efficientnet_lite0"
+EXPORT_SUFFIXES = (".csv", ".json")
 
 
 class CommandError(Exception):
     """A problem with the command's inputs, reported as one line on stderr."""
+
+
+class OneLineErrorParser(argparse.ArgumentParser):
+    """An argument parser whose usage errors are one line and exit 2, like every other error of the command."""
+
+    def error(self, message: str):
+        self.exit(EXIT_USAGE, f"xaiimg: error: {message} (see `{self.prog} --help`)\n")
 
 
 # ------------------------------------------------------------------------------------------------- inputs
@@ -49,6 +62,17 @@ def _load_images(paths: Sequence[Path]):
         raise CommandError(str(error)) from None
 
 
+def _class_index(text: str) -> int:
+    """``--target``: a class index, 0 or more."""
+    try:
+        index = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"a class index is a whole number, got {text!r}") from None
+    if index < 0:
+        raise argparse.ArgumentTypeError(f"a class index is 0 or more, got {index}")
+    return index
+
+
 def _parse_params(items: Sequence[str], methods: Sequence[str]) -> dict[str, dict[str, Any]]:
     """``METHOD.NAME=VALUE`` items (VALUE read as JSON when it parses, else as text) per method."""
     params: dict[str, dict[str, Any]] = {m: {} for m in methods}
@@ -66,6 +90,17 @@ def _parse_params(items: Sequence[str], methods: Sequence[str]) -> dict[str, dic
     return params
 
 
+def _check_model_choice(args) -> None:
+    """A zoo model (``--model``) or a user model (``--arch`` with ``--checkpoint``), never parts of both."""
+    if args.checkpoint and not args.arch:
+        raise CommandError("--checkpoint needs --arch (the architecture name)")
+    if args.arch and not args.checkpoint:
+        raise CommandError(f"--arch {args.arch} needs --checkpoint (the state_dict file to load into it); "
+                           "for a zoo model use --model")
+    if args.model and args.checkpoint:
+        raise CommandError("--model names a zoo model; a user checkpoint takes its architecture from --arch")
+
+
 def _open_model(args):
     from xaiimg.compare import open_model
     from xaiimg.models import CheckpointError, WeightsNotFoundError
@@ -73,7 +108,7 @@ def _open_model(args):
     try:
         if args.checkpoint:
             return open_model(arch=args.arch, checkpoint=args.checkpoint)
-        return open_model(args.model)
+        return open_model(args.model or DEFAULT_MODEL)
     except (CheckpointError, WeightsNotFoundError, ValueError) as error:
         raise CommandError(str(error)) from None
 
@@ -89,20 +124,62 @@ def _check_methods(methods: Sequence[str], params: dict[str, dict[str, Any]]) ->
 
 
 # ------------------------------------------------------------------------------------------------ outputs
+def _check_output_location(path: Path, option: str, folder: bool) -> None:
+    """``path`` can be written as a folder (``folder``) or as a file: it is not an existing entry of the other
+    kind, and the nearest existing folder at or above where it goes is a folder this process may write into."""
+    if os.path.lexists(path) and path.is_dir() != folder:
+        kind, wanted = ("a file", "a folder") if folder else ("a folder", "a file")
+        raise CommandError(f"{option} {path} exists and is {kind}; {option} must name {wanted}")
+    start = (path if folder else path.parent).absolute()
+    existing = next(p for p in (start, *start.parents) if os.path.lexists(p))
+    if not existing.is_dir():
+        raise CommandError(f"{option} {path} cannot be created: {existing} is a file, not a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise CommandError(f"{option} {path} cannot be written: no permission to write in {existing}")
+
+
+def _check_outside_input_folders(args) -> None:
+    """``--out`` and ``--store`` are neither an input folder nor inside one, unless ``--allow-out-in-input``."""
+    if args.allow_out_in_input:
+        return
+    folders = [(item, Path(item).resolve()) for item in args.images if Path(item).is_dir()]
+    for option, location in (("--out", Path(args.out)), ("--store", args.store)):
+        if location is None:
+            continue
+        resolved = location.resolve()
+        for item, folder in folders:
+            if resolved == folder or folder in resolved.parents:
+                raise CommandError(f"{option} {location} is inside the input folder {item}, where a later run would "
+                                   "read the outputs as inputs; choose another location or pass --allow-out-in-input")
+
+
+def _check_arguments(args) -> None:
+    """Every check that needs no model, so that a mistake is reported before any model is loaded."""
+    _check_model_choice(args)
+    _check_output_location(Path(args.out), "--out", folder=True)
+    if args.store is not None:
+        _check_output_location(args.store, "--store", folder=True)
+    _check_outside_input_folders(args)
+
+
 @contextmanager
 def staged_output(out: Path) -> Iterator[Path]:
-    """A staging folder whose files move into ``out`` on success; on failure nothing new is left in ``out``."""
-    existed = out.exists()
-    out.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(dir=out, prefix=".xaiimg-staging-"))
+    """A staging folder whose files move into ``out`` on success; on failure nothing new is left in ``out``, and
+    the folders created for it (with the umask's mode) are removed again."""
+    created = [folder for folder in (out.absolute(), *out.absolute().parents) if not folder.exists()]
     try:
-        yield staging
-        for path in sorted(staging.iterdir()):
-            path.replace(out / path.name)
+        out.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(dir=out, prefix=".xaiimg-staging-"))
+        try:
+            yield staging
+            for path in sorted(staging.iterdir()):
+                path.replace(out / path.name)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
     finally:
-        shutil.rmtree(staging, ignore_errors=True)
-        if not existed and not any(out.iterdir()):
-            out.rmdir()
+        for folder in created:   # deepest first
+            if folder.is_dir() and not any(folder.iterdir()):
+                folder.rmdir()
 
 
 def _explain_all(model, x, methods, params, target, enhance):
@@ -130,6 +207,7 @@ def _record(store_dir: Path | None, kind: str, method: str, model, data: str, pa
 
 # ----------------------------------------------------------------------------------------------- commands
 def _prepare(args):
+    _check_arguments(args)
     paths = _image_paths(args.images)
     images = _load_images(paths)
     params = _parse_params(args.param, args.method)
@@ -146,7 +224,8 @@ def command_explain(args) -> list[Path]:
     out = Path(args.out)
     with staged_output(out) as staging:
         written = _save_grid(staging, model, x, maps, [p.name for p in paths], args.formats)
-        torch.save({"files": [p.name for p in paths], "maps": maps}, staging / "maps.pt")
+        with open(staging / "maps.pt", "wb") as file:   # a file object: a failed open is an OSError naming it
+            torch.save({"files": [p.name for p in paths], "maps": maps}, file)
         written.append(staging / "maps.pt")
         _record(args.store, "explain", ", ".join(maps), model, ",".join(map(str, args.images)),
                 {"methods": params, "target": args.target, "enhance": args.enhance}, {"images": len(paths)})
@@ -209,9 +288,14 @@ def staging_and_record(out: Path, args, model, params, means) -> Iterator[Path]:
 def command_export(args) -> list[Path]:
     from xaiimg.report import ResultsStore
 
+    out = Path(args.out)
+    if out.suffix not in EXPORT_SUFFIXES:
+        raise CommandError(f"--out {out} must end in {' or '.join(EXPORT_SUFFIXES)}")
+    _check_output_location(out, "--out", folder=False)
     store = ResultsStore(args.store)
     if not store.root.is_dir():
-        raise CommandError(f"results store {store.root} does not exist")
+        raise CommandError(f"results store {store.root} " + ("is not a folder" if store.root.exists()
+                                                             else "does not exist"))
     try:
         return [store.export(args.out)]
     except ValueError as error:
@@ -230,8 +314,8 @@ def command_methods(_args) -> list[Path]:
 
 # ------------------------------------------------------------------------------------------------- parser
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="xaiimg", description="Saliency maps for image classifiers and metrics "
-                                     "for how good they are. Every command takes images or folders of images.")
+    parser = OneLineErrorParser(prog="xaiimg", description="Saliency maps for image classifiers and metrics for how "
+                                "good they are. Every command takes images or folders of images.")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def common(sub: argparse.ArgumentParser) -> None:
@@ -240,16 +324,22 @@ def build_parser() -> argparse.ArgumentParser:
                          help="saliency method by registry name (repeat for several; `xaiimg methods` lists them)")
         sub.add_argument("--param", action="append", default=[], metavar="METHOD.NAME=VALUE",
                          help="a method parameter, e.g. grad-cam.layer=blocks.6 or rise.seed=1 (VALUE as JSON or text)")
-        sub.add_argument("--model", default="efficientnet_lite0",
-                         help="zoo model name (default efficientnet_lite0, weights available offline)")
-        sub.add_argument("--arch", help="architecture of a user checkpoint (a torchvision or timm model name)")
-        sub.add_argument("--checkpoint", help="user state_dict file (loaded with weights_only=True; pickles refused)")
-        sub.add_argument("--target", type=int, default=None,
+        sub.add_argument("--model", help=f"zoo model name (default {DEFAULT_MODEL}, weights available offline)")
+        sub.add_argument("--arch", help="architecture of a user checkpoint (a torchvision or timm model name); "
+                                        "needs --checkpoint")
+        sub.add_argument("--checkpoint", help="user state_dict file (loaded with weights_only=True; pickles refused); "
+                                              "needs --arch")
+        sub.add_argument("--target", type=_class_index, default=None,
                          help="class index to explain for every image (default: each image's predicted class)")
         sub.add_argument("--enhance", action="store_true", help="wrap each method in the sliding-window enhancement")
-        sub.add_argument("--out", required=True, help="output folder (created; only complete results are written)")
+        sub.add_argument("--out", required=True, help="output folder (created; only complete results are written); "
+                                                      "not inside an input folder")
         sub.add_argument("--store", type=Path, default=None,
-                         help="results-store folder where a run record is added (default: none)")
+                         help="results-store folder where a run record is added (default: none); not inside an "
+                              "input folder")
+        sub.add_argument("--allow-out-in-input", action="store_true",
+                         help="allow --out and --store inside an input folder (a later run over that folder then "
+                              "also reads the written figures as images)")
 
     explain = commands.add_parser("explain", help="write a grid of maps (PNG/PDF) and the raw maps (maps.pt)")
     common(explain)
@@ -272,7 +362,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     export = commands.add_parser("export", help="export every record of a results store to CSV or JSON")
     export.add_argument("--store", type=Path, required=True, help="results-store folder")
-    export.add_argument("--out", required=True, help="output file ending in .csv (flat rows) or .json (full records)")
+    export.add_argument("--out", required=True, help="output file ending in .csv (flat rows) or .json (full "
+                                                     "records), outside the store")
     export.set_defaults(run=command_export)
 
     methods = commands.add_parser("methods", help="list registered methods and their parameters")
@@ -280,16 +371,22 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _os_error_line(error: OSError) -> str:
+    """``path: reason`` for a failed read or write (both paths of a failed move)."""
+    paths = " -> ".join(str(p) for p in (error.filename, error.filename2) if p is not None)
+    return f"{paths}: {error.strerror or error}" if paths else str(error)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if getattr(args, "checkpoint", None) and not args.arch:
-        print("xaiimg: error: --checkpoint needs --arch (the architecture name)", file=sys.stderr)
-        return EXIT_USAGE
     try:
         for path in args.run(args):
             print(path)
     except CommandError as error:
         print(f"xaiimg: error: {error}", file=sys.stderr)
+        return EXIT_USAGE
+    except OSError as error:
+        print(f"xaiimg: error: {_os_error_line(error)}", file=sys.stderr)
         return EXIT_USAGE
     return 0
 

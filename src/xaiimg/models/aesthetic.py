@@ -42,7 +42,8 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 from xaiimg.data.ava import NUM_BINS, mean_score
-from xaiimg.models.zoo import ModelSpec, attach_spec, load_model
+from xaiimg.models.zoo import (CheckpointError, ModelSpec, attach_spec, load_model, read_checkpoint,
+                               state_dict_mismatch)
 
 BACKBONES = ("efficientnet_lite0", "efficientnet_lite2")
 
@@ -400,15 +401,17 @@ def save_checkpoint(model: AestheticModel, path: str | Path, **extra) -> None:
 def load_aesthetic(path: str | Path, model: AestheticModel | None = None) -> AestheticModel:
     """An :class:`AestheticModel` from :func:`save_checkpoint` (rebuilt from the stored config, real backbone
     weights, unless ``model`` is given), in eval mode. Missing keys may only be backbone tensors."""
-    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    checkpoint = read_checkpoint(path)
     if model is None:
         if checkpoint["config"] is None:
             raise ValueError(f"{path} was saved from a custom backbone; pass the model to load it into")
         model = AestheticModel(**checkpoint["config"])
-    result = model.load_state_dict(checkpoint["state"], strict=False)
-    bad = [k for k in result.missing_keys if not k.startswith("backbone.")] + list(result.unexpected_keys)
-    if bad:
-        raise ValueError(f"checkpoint {path} does not match the model: {bad[:5]}")
+    state = checkpoint["state"]
+    expected = {k: v for k, v in model.state_dict().items() if k in state or not k.startswith("backbone.")}
+    mismatch = state_dict_mismatch(expected, state)
+    if mismatch:
+        raise CheckpointError(f"checkpoint {path} does not match the model: {mismatch}")
+    model.load_state_dict(state, strict=False)
     return model.eval()
 
 

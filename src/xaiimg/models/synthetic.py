@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from xaiimg.models.train import TrainConfig, fit, predict
-from xaiimg.models.zoo import ModelSpec, attach_spec
+from xaiimg.models.zoo import ModelSpec, attach_spec, load_fitting_state_dict, read_checkpoint
 
 MEAN = (0.5, 0.5, 0.5)
 STD = (0.5, 0.5, 0.5)
@@ -178,12 +178,12 @@ def load_synthetic_model(path: str | Path) -> nn.Module:
     if not path.is_file():
         raise FileNotFoundError(f"synthetic model checkpoint not found: {path}; train one with "
                                 f"`python -m xaiimg.models.synthetic --out {path.parent}` (or `dvc repro`)")
-    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    checkpoint = read_checkpoint(path)
     if not isinstance(checkpoint, dict) or not {"state_dict", "config", "metrics"} <= set(checkpoint):
         raise ValueError(f"{path} is not a synthetic model checkpoint (needs state_dict, config and metrics)")
     config = checkpoint["config"]
     model = build_synthetic_model(config["kind"], config["class_names"], config["size"])
-    model.load_state_dict(checkpoint["state_dict"])
+    load_fitting_state_dict(model, checkpoint["state_dict"], f"{path} does not fit its {config['kind']} model")
     model.spec.weights = str(path)
     model.synthetic_config, model.synthetic_metrics = config, checkpoint["metrics"]
     return model.eval()

@@ -10,10 +10,11 @@ from __future__ import annotations
 import hashlib
 import importlib
 import os
+import pickle
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import torch
 from torch import nn
@@ -21,6 +22,11 @@ from torch import nn
 
 class WeightsNotFoundError(FileNotFoundError):
     """Pretrained weights are not available offline; the message says where they were looked for."""
+
+
+class CheckpointError(ValueError):
+    """A checkpoint or weights file that cannot be loaded as a plain state_dict into its model: pickled objects,
+    a damaged file, or tensors that do not fit (the message lists the keys and shapes)."""
 
 
 @dataclass
@@ -141,6 +147,53 @@ def load_state_dict_in_order(model: nn.Module, state: dict[str, torch.Tensor]) -
     model.load_state_dict(mapped)
 
 
+def read_checkpoint(path: str | os.PathLike) -> Any:
+    """``torch.load(path, weights_only=True)`` on CPU; a file holding pickled Python objects (a whole model,
+    arbitrary code) or no torch data at all raises :class:`CheckpointError` without being executed."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        raise CheckpointError(
+            f"{path} holds pickled Python objects, not a plain state_dict; refused without executing it (unpickling "
+            "can run arbitrary code). Save weights with torch.save(model.state_dict(), path)") from None
+    except OSError as error:
+        raise CheckpointError(f"cannot read checkpoint {path}: {error.strerror or error}") from None
+    except Exception as error:  # a damaged or foreign file: torch raises KeyError, EOFError, RuntimeError, ...
+        raise CheckpointError(f"{path} is not a plain state_dict: not a readable torch.save file "
+                              f"({type(error).__name__}; truncated or another format?)") from None
+
+
+def _first_keys(keys: Sequence[str], shown: int) -> str:
+    more = f", ... ({len(keys) - shown} more)" if len(keys) > shown else ""
+    return ", ".join(keys[:shown]) + more
+
+
+def _shape(value: Any) -> tuple[int, ...] | str:
+    return tuple(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
+
+
+def state_dict_mismatch(expected: Mapping[str, torch.Tensor], given: Mapping[str, Any], shown: int = 5) -> str:
+    """How ``given`` fails to fit ``expected`` (a model's state_dict): counts of missing keys, unexpected keys and
+    shape mismatches with the first ``shown`` of each; ``""`` when keys and shapes all agree."""
+    missing = [k for k in expected if k not in given]
+    unexpected = [k for k in given if k not in expected]
+    mismatched = [f"{k}: checkpoint {_shape(given[k])} vs model {_shape(v)}"
+                  for k, v in expected.items() if k in given and _shape(given[k]) != _shape(v)]
+    return "; ".join(f"{label} ({len(items)}): {_first_keys(items, shown)}"
+                     for label, items in (("missing keys", missing), ("unexpected keys", unexpected),
+                                          ("shape mismatches", mismatched)) if items)
+
+
+def load_fitting_state_dict(model: nn.Module, state: Mapping[str, torch.Tensor], problem: str) -> None:
+    """``model.load_state_dict(state)``; a state that does not fit raises :class:`CheckpointError` starting with
+    ``problem`` and listing the missing / unexpected keys and mismatched shapes."""
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as error:
+        details = state_dict_mismatch(model.state_dict(), state) or str(error).splitlines()[0]
+        raise CheckpointError(f"{problem}: {details}") from None
+
+
 def _torch_hub_checkpoint(url: str) -> Path:
     from torch.hub import get_dir
 
@@ -166,7 +219,7 @@ def _read_weights_file(path: Path) -> dict[str, torch.Tensor]:
         from safetensors.torch import load_file
 
         return load_file(str(path))
-    return torch.load(path, map_location="cpu", weights_only=True)
+    return read_checkpoint(path)
 
 
 # ---------------------------------------------------------------------------------------------- builders
@@ -191,7 +244,7 @@ def _torchvision(arch: str, weights) -> tuple[nn.Module, str | None]:
         return builder(weights=None), None
     if weights != "default":
         model = builder(weights=None)
-        model.load_state_dict(_read_weights_file(Path(weights)))
+        load_fitting_state_dict(model, _read_weights_file(Path(weights)), f"weights {weights} do not fit {arch}")
         return model, str(weights)
     enum = torchvision.models.get_model_weights(arch).IMAGENET1K_V1
     path = _torch_hub_checkpoint(enum.url)
@@ -201,7 +254,7 @@ def _torchvision(arch: str, weights) -> tuple[nn.Module, str | None]:
             f"Download {enum.url} on a connected machine and place it at that path, set TORCH_HOME to a folder "
             f"holding checkpoints/{path.name}, or pass weights='path/to/{path.name}'")
     model = builder(weights=None)
-    model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+    load_fitting_state_dict(model, read_checkpoint(path), f"weights {path} do not fit {arch}")
     return model, str(path)
 
 
@@ -223,7 +276,7 @@ def _timm_hub(arch: str, weights) -> tuple[nn.Module, str | None]:
                 f"machine and copy that cache here (or set HF_HUB_CACHE), or pass weights='path/to/model.safetensors'")
     else:
         path = Path(weights)
-    model.load_state_dict(_read_weights_file(path))
+    load_fitting_state_dict(model, _read_weights_file(path), f"weights {path} do not fit {arch}")
     return model, str(path)
 
 
@@ -313,10 +366,6 @@ def top_k(model: nn.Module, x: torch.Tensor, k: int = 5) -> list[list[tuple[int,
             for vs, idx in zip(values, indices)]
 
 
-class CheckpointError(ValueError):
-    """A user checkpoint that cannot be loaded as a plain state_dict for the named architecture."""
-
-
 def load_checkpoint_model(arch: str, path: str | os.PathLike, class_names: Sequence[str] | None = None) -> nn.Module:
     """A user model: a torchvision or timm architecture name plus a state_dict file.
 
@@ -330,12 +379,7 @@ def load_checkpoint_model(arch: str, path: str | os.PathLike, class_names: Seque
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint file not found: {path}")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # torch raises UnpicklingError or RuntimeError depending on the content
-        raise CheckpointError(
-            f"{path} is not a plain state_dict (refused without executing it: {type(error).__name__}). Save weights "
-            "with torch.save(model.state_dict(), path)") from None
+    state = read_checkpoint(path)
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
         state = state["state_dict"]
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
@@ -348,10 +392,7 @@ def load_checkpoint_model(arch: str, path: str | os.PathLike, class_names: Seque
         model = timm.create_model(arch, pretrained=False, num_classes=num_classes)
     else:
         raise CheckpointError(f"unknown architecture {arch!r}: give a torchvision.models or timm model name")
-    try:
-        model.load_state_dict(state)
-    except RuntimeError as error:
-        raise CheckpointError(f"{path} does not fit architecture {arch!r}: {str(error).splitlines()[0]}") from None
+    load_fitting_state_dict(model, state, f"{path} does not fit architecture {arch!r}")
     names = list(class_names) if class_names else (
         imagenet_class_names() if num_classes == 1000 else [f"class {i}" for i in range(num_classes)])
     spec = ModelSpec(name=f"{arch}:{path.name}", input_size=224, resize_size=256, interpolation="bilinear",
