@@ -1,4 +1,6 @@
-"""The comparison dashboard: in-process widget logic, and served by Voila, driven in headless Chromium."""
+"""The comparison dashboard: in-process widget logic, and served by Voila (the README's command, with the
+repository's voila.json) driven in headless Chromium: offline (no request leaves the machine, no console error),
+an upload through the page, and kernels culled once their page is closed."""
 from __future__ import annotations
 
 import csv
@@ -12,7 +14,9 @@ import time
 import urllib.request
 from pathlib import Path
 
+import psutil
 import pytest
+from PIL import Image
 
 from tests_support import REPO_ROOT
 
@@ -34,9 +38,14 @@ def test_dashboard_generates_segments_and_exports(tmp_path):
     assert len(app.segments_box.children) == 2
     assert app.status.value.startswith("Generated") or "segment" not in app.status.value
     path = app.export("csv")
+    assert path.parent == tmp_path / "exports"
     rows = list(csv.DictReader(path.open()))
     assert rows and rows[0]["kind"] == "explain" and rows[0]["model"] == "efficientnet_lite0"
     assert kept.shape == (1, 1, 224, 224)
+    figures = app.export_figure()
+    assert sorted(p.suffix for p in figures) == [".pdf", ".png"] and all(p.parent == tmp_path / "exports"
+                                                                         for p in figures)
+    assert Image.open(figures[1] if figures[1].suffix == ".png" else figures[0]).size[0] > 200
 
 
 def test_dashboard_reports_errors_in_the_status_line(tmp_path):
@@ -57,14 +66,24 @@ def _free_port() -> int:
         return probe.getsockname()[1]
 
 
+def _kernels(server: subprocess.Popen) -> list[psutil.Process]:
+    """The kernel processes the Voila server has started and not yet shut down."""
+    return [child for child in psutil.Process(server.pid).children(recursive=True)
+            if child.is_running() and child.status() != psutil.STATUS_ZOMBIE
+            and "ipykernel_launcher" in " ".join(child.cmdline())]
+
+
 @pytest.fixture
 def voila_server(tmp_path):
+    """The README's command from the repository root (so voila.json applies), with the culling interval and
+    timeout shortened so the test sees a closed page's kernel go."""
     port = _free_port()
     env = dict(os.environ, XAIIMG_RUNS=str(tmp_path / "runs"))
     voila = Path(sys.executable).with_name("voila")
     process = subprocess.Popen(
-        [str(voila), "07_comparison_dashboard.ipynb", "--no-browser", f"--port={port}", "--Voila.ip=127.0.0.1",
-         "--show_tracebacks=True"], cwd=REPO_ROOT / "notebooks", env=env,
+        [str(voila), "notebooks/07_comparison_dashboard.ipynb", "--no-browser", f"--port={port}",
+         "--Voila.ip=127.0.0.1", "--show_tracebacks=True", "--MappingKernelManager.cull_idle_timeout=3",
+         "--MappingKernelManager.cull_interval=1"], cwd=REPO_ROOT, env=env,
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}/"
     try:
@@ -76,7 +95,7 @@ def voila_server(tmp_path):
                 if process.poll() is not None:
                     raise RuntimeError(process.stdout.read().decode())
                 time.sleep(0.5)
-        yield url, tmp_path / "runs"
+        yield url, tmp_path / "runs", process
     finally:
         process.terminate()
         process.wait(timeout=20)
@@ -86,7 +105,10 @@ def voila_server(tmp_path):
 def test_voila_dashboard_in_headless_chromium(voila_server, tmp_path):
     from playwright.sync_api import expect, sync_playwright
 
-    url, runs = voila_server
+    url, runs, server = voila_server
+    upload = tmp_path / "<img src=x onerror=console.error(1)>.png"
+    Image.new("RGB", (64, 48), (200, 30, 30)).save(upload)
+    console_errors, outside_requests = [], []
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(
             executable_path=CHROMIUM, headless=True,
@@ -94,6 +116,11 @@ def test_voila_dashboard_in_headless_chromium(voila_server, tmp_path):
                   "--disable-background-networking", "--disable-component-update", "--disable-sync"])
         try:
             page = browser.new_page(viewport={"width": 1400, "height": 1600})
+            page.on("console", lambda message: message.type == "error" and console_errors.append(message.text))
+            page.on("pageerror", lambda error: console_errors.append(str(error)))
+            page.on("request", lambda request: request.url.startswith(("http://127.0.0.1", "ws://127.0.0.1",
+                                                                       "data:", "blob:"))
+                    or outside_requests.append(request.url))
             page.goto(url, timeout=120_000)
             expect(page.get_by_text("xaiimg: saliency comparison")).to_be_visible(timeout=120_000)
             page.get_by_role("button", name="Load model").click()
@@ -111,11 +138,28 @@ def test_voila_dashboard_in_headless_chromium(voila_server, tmp_path):
             for _ in range(5):
                 handle.press("ArrowRight")
             expect(page.get_by_text(f"{METHODS[0]}: top 25%")).to_be_visible(timeout=60_000)
+            with page.expect_file_chooser() as chooser:
+                page.locator("button.widget-upload").click()
+            chooser.value.set_files(str(upload))
+            expect(page.get_by_text(re.compile(r"Image ready \(upload:[0-9a-f]{64}\.png"))).to_be_visible(
+                timeout=60_000)
+            page.get_by_role("button", name="Generate maps").click()
+            expect(page.get_by_text("Generated 2 map(s)")).to_be_visible(timeout=120_000)
+            expect(page.get_by_text("<img src=x onerror=console.error(1)>.png").first).to_be_visible()
             page.get_by_role("button", name="Export CSV").click()
             expect(page.get_by_text(re.compile(r"^Exported to /"))).to_be_visible(timeout=60_000)
             page.screenshot(path=str(tmp_path / "dashboard.png"), full_page=True)
+            assert len(_kernels(server)) == 1
+            page.close()
+            deadline = time.monotonic() + 60
+            while _kernels(server) and time.monotonic() < deadline:
+                time.sleep(0.5)
+            assert _kernels(server) == [], "the closed page's kernel was not culled"
         finally:
             browser.close()
+    assert console_errors == [] and outside_requests == []
     assert (tmp_path / "dashboard.png").stat().st_size > 10_000
-    rows = list(csv.DictReader((runs / "export.csv").open()))
-    assert len(rows) == 1 and rows[0]["method"] == ", ".join(METHODS) and rows[0]["data"] == "sample:coffee"
+    rows = list(csv.DictReader((tmp_path / "exports" / "results.csv").open()))
+    assert [row["data"] for row in rows] == [
+        "sample:coffee", f"upload:{next((runs / 'uploads').iterdir()).name} (<img src=x onerror=console.error(1)>.png)"]
+    assert all(row["method"] == ", ".join(METHODS) for row in rows)

@@ -297,9 +297,12 @@ def command_export(args) -> list[Path]:
         raise CommandError(f"results store {store.root} " + ("is not a folder" if store.root.exists()
                                                              else "does not exist"))
     try:
-        return [store.export(args.out)]
+        written = store.export(args.out)
     except ValueError as error:
         raise CommandError(str(error)) from None
+    for name, reason in store.scan().unreadable:
+        print(f"xaiimg: warning: skipped {store.root / name}: {reason}", file=sys.stderr)
+    return [written]
 
 
 def command_methods(_args) -> list[Path]:

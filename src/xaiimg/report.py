@@ -24,13 +24,15 @@ from typing import Any, Iterable, Mapping, Sequence
 VERSIONED_PACKAGES = ("xaiimg", "torch", "torchvision", "timm", "captum", "numpy")
 
 
-def _write_temporary(path: Path, text: str) -> Path:
-    """Write ``text`` (UTF-8, synced to disk) to a new hidden file beside ``path``, created as ``open()`` would."""
+def _write_temporary(path: Path, text: str | bytes) -> Path:
+    """Write ``text`` (str as UTF-8, or bytes as they are; synced to disk) to a new hidden file beside ``path``,
+    created as ``open()`` would."""
     path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
     handle = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     try:
-        with os.fdopen(handle, "w", encoding="utf-8", newline="") as file:
+        with (os.fdopen(handle, "wb") if isinstance(text, bytes)
+              else os.fdopen(handle, "w", encoding="utf-8", newline="")) as file:
             file.write(text)
             file.flush()
             os.fsync(file.fileno())
@@ -40,8 +42,8 @@ def _write_temporary(path: Path, text: str) -> Path:
     return temporary
 
 
-def write_atomic(path: str | Path, text: str) -> Path:
-    """Write ``text`` to ``path`` through a temporary file in the same folder and an atomic rename."""
+def write_atomic(path: str | Path, text: str | bytes) -> Path:
+    """Write ``text`` (or bytes) to ``path`` through a temporary file in the same folder and an atomic rename."""
     path = Path(path)
     temporary = _write_temporary(path, text)
     try:

@@ -57,7 +57,7 @@ def overlay(image01, saliency, alpha: float = 0.5, cmap: str = "jet") -> np.ndar
 
 def method_grid(images, maps_by_method: Mapping[str, Sequence], titles: Sequence[str] | None = None,
                 row_labels: Sequence[str] | None = None, show_image: bool = True, alpha: float = 0.5,
-                cmap: str = "jet", cell_size: float = 1.8):
+                cmap: str = "jet", cell_size: float = 1.8, colorbar: bool = False):
     """Comparison grid as in the thesis's figures: one row per image, one column per method (overlays).
 
     Args:
@@ -66,6 +66,7 @@ def method_grid(images, maps_by_method: Mapping[str, Sequence], titles: Sequence
         titles: column titles for the methods (default: the dict keys).
         row_labels: one label per image (e.g. class names), written left of each row.
         show_image: add a first column with the plain image.
+        colorbar: add one colourbar (saliency 0..1 in ``cmap``) beside the grid.
     """
     from matplotlib.figure import Figure
 
@@ -96,6 +97,14 @@ def method_grid(images, maps_by_method: Mapping[str, Sequence], titles: Sequence
                 ax.set_title(headers[col], fontsize=9)
         if row_labels is not None:
             axes[row, 0].set_ylabel(row_labels[row], fontsize=8)
+    if colorbar:
+        from matplotlib import colormaps
+        from matplotlib.cm import ScalarMappable
+        from matplotlib.colors import Normalize
+
+        bar = figure.colorbar(ScalarMappable(Normalize(0.0, 1.0), colormaps[cmap]), ax=axes, shrink=0.8)
+        bar.set_label("saliency", fontsize=8)
+        bar.ax.tick_params(labelsize=7)
     return figure
 
 

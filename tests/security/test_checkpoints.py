@@ -180,3 +180,17 @@ def test_damaged_files_are_refused_by_every_loader(tmp_path, content):
             load()
         assert "weights_only" not in str(caught.value) and caught.value.__suppress_context__, name
     assert_same_state(model, state)
+
+
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol")
+@pytest.mark.parametrize("save", [save_pickled_state, save_whole_module, save_plain_pickle])
+def test_pickled_synthetic_benchmark_file_is_refused(tmp_path, save):
+    from xaiimg.data.synthetic import SyntheticSet
+
+    marker, path = tmp_path / "executed", tmp_path / "evil.pt"
+    save(path, marker)
+    before = file_state(path)
+    with pytest.raises(ValueError, match="not a synthetic benchmark file: it holds pickled Python objects") as caught:
+        SyntheticSet.load(path)
+    assert "weights_only" not in str(caught.value) and not marker.exists()
+    assert file_state(path) == before

@@ -171,3 +171,17 @@ def test_failed_export_write_is_one_line_naming_the_path(workspace, monkeypatch,
     monkeypatch.setattr(ResultsStore, "export", read_only_file_system)
     code = run(["export", "--store", str(workspace / "runs"), "--out", str(workspace / "all.csv")])
     assert_one_line_error(capsys, code, f"{workspace / 'all.csv'}: {os.strerror(errno.EROFS)}")
+
+
+def test_export_of_a_poisoned_store_names_each_skipped_file(workspace, capsys):
+    runs = workspace / "runs"
+    (runs / "records" / "broken.json").write_text("{not json")
+    (runs / "export.json").write_text("[]")
+    out = workspace / "all.csv"
+    assert main(["export", "--store", str(runs), "--out", str(out)]) == 0
+    warnings = capsys.readouterr().err.splitlines()
+    assert sorted(warnings) == [f"xaiimg: warning: skipped {runs / 'export.json'}: not a JSON object (it is an array)",
+                                f"xaiimg: warning: skipped {runs / 'records' / 'broken.json'}: "
+                                "not valid JSON (Expecting property name enclosed in double quotes: line 1 column 2 "
+                                "(char 1))"]
+    assert len(out.read_text().splitlines()) == 2

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import csv
+import io
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,28 +32,40 @@ def to_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
 
-def load_image(path: str | Path) -> Image.Image:
-    """Read an image file as RGB, raising :class:`ImageLoadError` naming the file and the problem."""
-    path = Path(path)
-    if not path.is_file():
-        raise ImageLoadError(f"image file not found: {path}")
+def _decode(source, label: str) -> tuple[Image.Image, str]:
+    """Open ``source`` (a path or a binary file object) as RGB under the decompression-bomb limit; returns the
+    image and PIL's format name. Every failure is an :class:`ImageLoadError` naming ``label``."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             previous, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, MAX_IMAGE_PIXELS
             try:
-                with Image.open(path) as image:
+                with Image.open(source) as image:
                     image.load()
-                    return to_rgb(image)
+                    return to_rgb(image), image.format or ""
             finally:
                 Image.MAX_IMAGE_PIXELS = previous
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
-        raise ImageLoadError(f"image {path} is too large to load safely (decompression bomb limit "
+        raise ImageLoadError(f"image {label} is too large to load safely (decompression bomb limit "
                              f"{MAX_IMAGE_PIXELS} pixels): {error}") from None
     except UnidentifiedImageError:
-        raise ImageLoadError(f"{path} is not a readable image file") from None
+        raise ImageLoadError(f"{label} is not a readable image file") from None
     except OSError as error:
-        raise ImageLoadError(f"image {path} is corrupt or truncated: {error}") from None
+        raise ImageLoadError(f"image {label} is corrupt or truncated: {error}") from None
+
+
+def load_image(path: str | Path) -> Image.Image:
+    """Read an image file as RGB, raising :class:`ImageLoadError` naming the file and the problem."""
+    path = Path(path)
+    if not path.is_file():
+        raise ImageLoadError(f"image file not found: {path}")
+    return _decode(path, str(path))[0]
+
+
+def decode_image(data: bytes, label: str = "upload") -> tuple[Image.Image, str]:
+    """Decode image bytes (an upload) as RGB with the same checks as :func:`load_image`; returns the image and
+    its format as PIL names it (``"JPEG"``, ``"PNG"``, ...). ``label`` names the bytes in error messages."""
+    return _decode(io.BytesIO(data), label)
 
 
 # ------------------------------------------------------------------------------------------- samples

@@ -25,6 +25,7 @@ splits never share a scene.
 from __future__ import annotations
 
 import colorsys
+import pickle
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -243,7 +244,11 @@ class SyntheticSet:
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"synthetic benchmark file not found: {path} (write one with SyntheticSet.save)")
-        data = torch.load(path, map_location="cpu", weights_only=True)
+        try:
+            data = torch.load(path, map_location="cpu", weights_only=True)
+        except (pickle.UnpicklingError, RuntimeError, EOFError) as error:
+            raise ValueError(f"{path} is not a synthetic benchmark file: it holds pickled Python objects or no "
+                             f"torch data ({type(error).__name__}); refused without executing it") from None
         if not isinstance(data, dict) or data.get("format_version") != FORMAT_VERSION:
             raise ValueError(f"{path} is not a synthetic benchmark file of format version {FORMAT_VERSION}")
         return cls(data["images_uint8"], data["labels"], data["masks"], data["boxes"], data["params"],
