@@ -3,7 +3,8 @@
 - Faithfulness: :func:`insertion_deletion` (presets ``"rise"``, ``"thesis"``, ``"groupcam"``),
   :func:`positive_negative_perturbation` (Chefer et al.).
 - Localisation: :func:`pointing_game` (``"torchray"``, ``"thesis-top100"``), :func:`segmentation_scores`; streaming
-  accumulators :class:`PointingGame`, :class:`SegmentationScores`.
+  accumulators :class:`PointingGame`, :class:`SegmentationScores`; detail: :func:`energy_pointing_game` (Score-CAM),
+  :func:`boundary_f_score` (BF score).
 - Sanity: :func:`model_randomisation` (Adebayo et al., cascading / independent).
 - Robustness: :func:`max_sensitivity` (Yeh et al.).
 
@@ -22,6 +23,8 @@ an argument (the localisation metrics do not run the model) still takes it in it
 :func:`available_metrics` lists the names; each :class:`Metric` declares its scores' directions
 (``higher_is_better``), ``category``, ``paper`` and ``per_image`` (scores each image from the maps alone).
 """
+from xaiimg.metrics.detail import (BoundaryResult, EnergyPointingResult, boundary_f_score,
+                                   energy_pointing_game)
 from xaiimg.metrics.faithfulness import (PROTOCOLS, InsertionDeletionProtocol, InsertionDeletionResult,
                                          insertion_deletion, trapezoid_auc)
 from xaiimg.metrics.localisation import (PointingGame, PointingGameResult, SegmentationResult, SegmentationScores,
@@ -34,7 +37,7 @@ from xaiimg.metrics.sanity import (RandomisationResult, model_randomisation, ran
                                    ssim)
 
 __all__ = [
-    "CHEFER_FRACTIONS", "PROTOCOLS", "InsertionDeletionProtocol", "InsertionDeletionResult", "Metric", "MetricResult",
+    "BoundaryResult", "EnergyPointingResult", "boundary_f_score", "energy_pointing_game", "CHEFER_FRACTIONS", "PROTOCOLS", "InsertionDeletionProtocol", "InsertionDeletionResult", "Metric", "MetricResult",
     "PerturbationResult", "PointingGame", "PointingGameResult", "RandomisationResult", "SegmentationResult",
     "SegmentationScores", "SensitivityResult", "available_metrics", "average_precision", "boxes_to_mask",
     "get_metric", "insertion_deletion", "max_sensitivity", "model_randomisation", "pointing_game",
