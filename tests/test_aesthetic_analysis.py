@@ -6,12 +6,12 @@ import math
 import pytest
 import torch
 
-from xaiimg.analysis.aesthetic import (cam_with_without_attention, class_activation_maps, feature_maps_by_stage,
-                                       lrp_through_attention, positive_relevance, subject_focus_study,
-                                       subject_mass_share)
 from xaiimg.methods import Explainer, available_methods, get_method
 from xaiimg.methods.base import resolve_targets, select_scores
 from xaiimg.models.aesthetic import AestheticModel, attention_modules
+from xaiimg.studies.aesthetic import (cam_with_without_attention, class_activation_maps, feature_maps_by_stage,
+                                      lrp_through_attention, positive_relevance, subject_focus_study,
+                                      subject_mass_share)
 
 from aesthetic_nets import TinyBackbone
 from xaiimg.ops import minmax_normalize, upsample

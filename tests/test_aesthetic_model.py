@@ -1,4 +1,5 @@
-"""Aesthetic model: DANet attention equations, detach contract (CP-LRP), head, training, checkpoints, CLI."""
+"""Aesthetic model: DANet attention equations, detach contract (CP-LRP), head, training, checkpoints, the training
+runs and their CLI commands."""
 from __future__ import annotations
 
 import json
@@ -9,15 +10,15 @@ import torch
 from torch import nn
 from torch.utils.data import TensorDataset
 
-from xaiimg.analysis.aesthetic import load_ava_run, load_composition_run
-from xaiimg.analysis.aesthetic import main as analysis_main
+from xaiimg.cli import main
 from xaiimg.data.ava import read_ava_txt
 from xaiimg.data.composition import CompositionConfig, make_composition_set
 from xaiimg.data.images import load_image
 from xaiimg.models.aesthetic import (AestheticModel, ChannelAttention, DualAttention, PositionAttention,
-                                     attention_detached, average_ranks, emd_loss, load_aesthetic, main,
-                                     rank_correlation, save_checkpoint, score_metrics, train_aesthetic,
-                                     train_on_ava)
+                                     attention_detached, load_aesthetic, save_checkpoint)
+from xaiimg.studies.aesthetic import load_ava_run, load_composition_run, train_on_ava
+from xaiimg.training.aesthetic import (TrainingOutputs, average_ranks, emd_loss, rank_correlation, score_metrics,
+                                       train_aesthetic)
 
 from aesthetic_nets import TinyBackbone
 
@@ -249,8 +250,10 @@ def test_training_lowers_loss_and_is_deterministic(trainable, tmp_path):
     runs = []
     for repeat in range(2):
         model = tiny_model(seed=0)
-        metrics = train_aesthetic(model, tiny_dataset(), tiny_dataset(8, seed=6), tmp_path / str(repeat), epochs=6,
-                                  batch_size=8, lr=3e-2, trainable_backbone=trainable, seed=0)
+        folder = tmp_path / str(repeat)
+        outputs = TrainingOutputs(folder / "last.pt", folder / "best.pt", folder / "metrics.json")
+        metrics = train_aesthetic(model, tiny_dataset(), tiny_dataset(8, seed=6), outputs, epochs=6, batch_size=8,
+                                  lr=3e-2, trainable_backbone=trainable, seed=0)
         runs.append((model, metrics))
     (model, metrics), (twin, twin_metrics) = runs
     losses = [record["train_loss"] for record in metrics["history"]]
@@ -283,8 +286,8 @@ def test_training_rejects_bad_inputs():
 
 def test_cli_trains_both_variants(tmp_path):
     """The DVC entry point end to end on a miniature benchmark (real Lite0 backbone at 64 px)."""
-    main(["train", "--out", str(tmp_path), "--seed", "0", "--size", "64", "--train", "12", "--val", "6",
-          "--test", "6", "--epochs", "2"])
+    assert main(["train-aesthetic", "--out", str(tmp_path), "--seed", "0", "--size", "64", "--train", "12",
+                 "--val", "6", "--test", "6", "--epochs", "2"]) == 0
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert set(summary["variants"]) == {"attention", "plain"}
     for variant in ("attention", "plain"):
@@ -299,7 +302,7 @@ def test_cli_trains_both_variants(tmp_path):
         predicted = with_attention.score(plain.spec.from_unit_range(held_out.images))
     reported = summary["variants"]["attention"]["test"]["srcc"]
     assert reported == pytest.approx(rank_correlation(predicted, held_out.scores))
-    analysis_main(["--run", str(tmp_path), "--out", str(tmp_path / "focus.json")])
+    assert main(["focus-report", "--run", str(tmp_path), "--out", str(tmp_path / "focus.json")]) == 0
     focus = json.loads((tmp_path / "focus.json").read_text())
     assert set(focus) == {"score", "predicted-bin"}
     shares = focus["score"]["attention"]["shares"]
@@ -350,7 +353,7 @@ def test_cli_trains_on_ava(tmp_path):
     arguments = ["train-ava", "--out", str(out), "--labels", str(tmp_path / "AVA.txt"), "--images",
                  str(tmp_path / "images"), "--test-labels", str(tmp_path / "test.txt"), "--epochs", "2",
                  "--batch-size", "4", "--val-fraction", "0.2"]
-    main(arguments)
+    assert main(arguments) == 0
     summary = json.loads((out / "summary.json").read_text())
     assert summary["data"]["sizes"] == {"train": 7, "val": 2, "test": 4}   # 10 non-test ids, one without image
     for variant in ("attention", "plain"):
@@ -360,7 +363,7 @@ def test_cli_trains_on_ava(tmp_path):
         assert len(history) == 2 and (out / variant / "best.pt").is_file()
     model = load_aesthetic(out / "plain" / "best.pt")
     assert not model.attention
-    main(arguments[:2] + [str(tmp_path / "again")] + arguments[3:])
+    assert main(arguments[:2] + [str(tmp_path / "again")] + arguments[3:]) == 0
     again = json.loads((tmp_path / "again" / "summary.json").read_text())
     assert again["variants"]["attention"]["test"] == summary["variants"]["attention"]["test"]   # seeded
 

@@ -128,3 +128,39 @@ def test_methods_lists_registry(capsys):
     assert main(["methods"]) == 0
     listed = capsys.readouterr().out
     assert "grad-cam: layer=None" in listed
+
+
+def test_one_command_line_runs_the_studies_and_the_pipeline(capsys):
+    """`xaiimg` is the package's only entry point: training runs and notebook stages are its commands."""
+    from xaiimg.models.aesthetic import BACKBONES, DualAttention
+
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    listed = capsys.readouterr().out
+    for command in ["train-synthetic", "train-aesthetic", "train-ava", "focus-report", "notebook"]:
+        assert command in listed
+    for command in ["train-aesthetic", "train-ava"]:
+        with pytest.raises(SystemExit):
+            main([command, "--help"])
+        helptext = capsys.readouterr().out
+        assert all(name in helptext for name in (*BACKBONES, *DualAttention.AGGREGATIONS))
+    package = Path(__file__).resolve().parents[1] / "src" / "xaiimg"
+    entry_points = [p.relative_to(package) for p in package.rglob("*.py") if "__main__" in p.read_text()]
+    assert entry_points == [Path("cli.py")]
+
+
+@pytest.mark.parametrize("arguments,message", [
+    (["train-aesthetic", "--backbone", "resnet18"], "--backbone must be one of efficientnet_lite0, efficientnet_lite2"),
+    (["train-ava", "--aggregation", "mean", "--labels", "a", "--images", "b", "--test-labels", "c"],
+     "--aggregation must be one of concat, sum"),
+])
+def test_training_options_are_checked_before_training(arguments, message, tmp_path, capsys):
+    assert main(arguments + ["--out", str(tmp_path / "run")]) == 2
+    assert capsys.readouterr().err.strip() == f"xaiimg: error: {message}, got {arguments[2]!r}"
+    assert not (tmp_path / "run").exists()
+
+
+def test_notebook_command_refuses_an_unknown_name(capsys):
+    assert main(["notebook", "../../README"]) == 2
+    error = capsys.readouterr().err
+    assert error.startswith("xaiimg: error: no notebook '../../README' in ") and "04_msgcam_comparison" in error

@@ -10,8 +10,9 @@ import torch
 
 from xaiimg.data.synthetic import (CROSS_HALF_WIDTH, RING_INNER_RADIUS, SHAPES, STAR_INNER_RADIUS, SyntheticBenchmark,
                                    SyntheticSet, shape_mask)
-from xaiimg.models.synthetic import build_synthetic_model, load_synthetic_model, main, save_checkpoint
-from xaiimg.models.train import TrainConfig, fit, predict
+from xaiimg.cli import main
+from xaiimg.models.synthetic import build_synthetic_model, load_synthetic_model, save_checkpoint
+from xaiimg.training.classification import TrainConfig, fit, predict
 
 
 @pytest.fixture(scope="module")
@@ -255,7 +256,7 @@ def test_checkpoint_round_trip(trained, tmp_path):
     x = model.spec.from_unit_range(data.images[:4])
     torch.testing.assert_close(loaded(x), model(x), rtol=0, atol=0)
     assert loaded.spec.weights == str(path) and loaded.synthetic_metrics == {"test_accuracy": 0.5}
-    with pytest.raises(FileNotFoundError, match="python -m xaiimg.models.synthetic"):
+    with pytest.raises(FileNotFoundError, match="xaiimg train-synthetic"):
         load_synthetic_model(tmp_path / "missing.pt")
     torch.save({"weights": 1}, tmp_path / "bad.pt")
     with pytest.raises(ValueError, match="not a synthetic model checkpoint"):
@@ -263,8 +264,8 @@ def test_checkpoint_round_trip(trained, tmp_path):
 
 
 def test_command_line_entry(tmp_path, capsys):
-    main(["--out", str(tmp_path), "--models", "cnn", "--size", "32", "--train-size", "48", "--epochs", "1",
-          "--test-size", "16"])
+    assert main(["train-synthetic", "--out", str(tmp_path), "--models", "cnn", "--size", "32", "--train-size", "48",
+                 "--epochs", "1", "--test-size", "16"]) == 0
     metrics = json.loads((tmp_path / "metrics.json").read_text())["cnn"]
     assert metrics["train_size"] == 48 and metrics["test_size"] == 16 and 0 <= metrics["test_accuracy"] <= 1
     assert metrics["steps"] == 1 and len(metrics["losses"]) == 1

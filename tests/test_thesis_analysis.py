@@ -4,10 +4,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from xaiimg.analysis.thesis import (centre_baseline, edge_map, pointing_table, segmentation_table,
-                                    imagenet_subset, setting_differences, streamed_segmentation_table, table_rows)
 from xaiimg.compare import explain_methods
 from xaiimg.metrics.results import MetricResult
+from xaiimg.studies.thesis import (centre_baseline, edge_map, imagenet_subset, pointing_table, segmentation_table,
+                                   setting_differences, streamed_segmentation_table, table_rows)
 
 
 def test_centre_baseline_peaks_in_the_middle():
@@ -171,7 +171,7 @@ def test_streamed_pointing_game_on_voc_equals_per_entry_explanations(voc_pointin
     """Every (image, class present) entry explained for its class on the whole (uncropped) image and scored at
     the image's size; all-difficult classes left out; difficult flags by Zhang et al.'s definition."""
     import xaiimg as xi
-    from xaiimg.analysis.thesis import class_regions, streamed_pointing_table, uncropped_input
+    from xaiimg.studies.thesis import class_regions, streamed_pointing_table, uncropped_input
     from xaiimg.metrics import pointing_game
 
     model = make_tiny_cnn(20)
@@ -204,7 +204,7 @@ def test_streamed_pointing_game_on_coco_and_bad_settings(tmp_path, voc_pointing,
     """COCO: one entry per category present (union of its instances); a model whose classes are not the
     dataset's, an empty count and a non-pointing dataset are refused."""
     from test_readers import _coco_fixture
-    from xaiimg.analysis.thesis import streamed_pointing_table
+    from xaiimg.studies.thesis import streamed_pointing_table
     from xaiimg.data.readers import COCOInstances
 
     coco = COCOInstances(_coco_fixture(tmp_path)[0])

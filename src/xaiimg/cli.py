@@ -1,10 +1,13 @@
-"""Command line: ``xaiimg explain | evaluate | compare | export | methods`` over the comparison functions.
+"""Command line, the package's one entry point: ``xaiimg explain | evaluate | compare | export | methods`` over
+the comparison functions; ``xaiimg train-synthetic | train-aesthetic | train-ava | focus-report`` over the studies'
+training runs (:mod:`xaiimg.studies`); ``xaiimg notebook NAME`` runs one notebook stage of the DVC pipeline
+(:mod:`xaiimg.pipeline`).
 
-Every argument and output location is checked before a model is loaded. Outputs are built in a staging folder
-inside ``--out`` and moved into place only when the whole command has succeeded: a failed command leaves the
-output folder as it was. ``--out`` and ``--store`` may not lie in an input folder (a later run over that folder
-would read the figures as images) unless ``--allow-out-in-input`` is given. Errors, usage errors and failed
-writes included, print one line (``xaiimg: error: ...``) and exit with status 2.
+Every argument and output location of the comparison commands is checked before a model is loaded. Outputs are
+built in a staging folder inside ``--out`` and moved into place only when the whole command has succeeded: a
+failed command leaves the output folder as it was. ``--out`` and ``--store`` may not lie in an input folder (a
+later run over that folder would read the figures as images) unless ``--allow-out-in-input`` is given. Errors,
+usage errors and failed writes included, print one line (``xaiimg: error: ...``) and exit with status 2.
 """
 from __future__ import annotations
 
@@ -315,7 +318,136 @@ def command_methods(_args) -> list[Path]:
     return []
 
 
+# ------------------------------------------------------------------------------------ studies and pipeline
+def _check_aesthetic_options(args) -> None:
+    """``--backbone`` and ``--aggregation`` name a backbone and an aggregation of the aesthetic model."""
+    from xaiimg.models.aesthetic import BACKBONES, DualAttention
+
+    for option, value, known in (("--backbone", args.backbone, BACKBONES),
+                                 ("--aggregation", args.aggregation, DualAttention.AGGREGATIONS)):
+        if value not in known:
+            raise CommandError(f"{option} must be one of {', '.join(known)}, got {value!r}")
+
+
+def command_train_synthetic(args) -> list[Path]:
+    from xaiimg.studies.runs import SyntheticRun
+    from xaiimg.studies.synthetic import train_synthetic_run
+
+    train_synthetic_run(args.out, args.models, seed=args.seed, size=args.size, num_classes=args.num_classes,
+                        train_size=args.train_size, epochs=args.epochs, test_size=args.test_size,
+                        threads=args.threads)
+    run = SyntheticRun(args.out)
+    return [run.checkpoint(kind) for kind in args.models] + [run.metrics]
+
+
+def command_train_aesthetic(args) -> list[Path]:
+    from xaiimg.studies.aesthetic import train_on_composition
+    from xaiimg.studies.runs import VARIANTS, AestheticRun
+
+    _check_aesthetic_options(args)
+    train_on_composition(args.out, seed=args.seed, size=args.size, train=args.train, val=args.val, test=args.test,
+                         epochs=args.epochs, backbone=args.backbone, aggregation=args.aggregation,
+                         score_weight=args.score_weight, lr=args.lr)
+    run = AestheticRun(args.out)
+    return [run.best_checkpoint(variant) for variant in VARIANTS] + [run.summary]
+
+
+def command_train_ava(args) -> list[Path]:
+    from xaiimg.studies.aesthetic import train_on_ava
+    from xaiimg.studies.runs import VARIANTS, AestheticRun
+
+    _check_aesthetic_options(args)
+    variants = args.variant or VARIANTS
+    train_on_ava(args.out, args.labels, args.images, args.test_labels, seed=args.seed,
+                 val_fraction=args.val_fraction, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+                 score_weight=args.score_weight, backbone=args.backbone, aggregation=args.aggregation,
+                 variants=variants, cache=args.cache)
+    run = AestheticRun(args.out)
+    return [run.best_checkpoint(variant) for variant in variants] + [run.summary]
+
+
+def command_focus_report(args) -> list[Path]:
+    from xaiimg.studies.aesthetic import focus_report, focus_report_lines
+
+    report = focus_report(args.run_folder)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2))
+    for line in focus_report_lines(report):
+        print(line)
+    return [out]
+
+
+def command_notebook(args) -> list[Path]:
+    from xaiimg.pipeline import run_notebook
+
+    try:
+        return [run_notebook(args.name)]
+    except ValueError as error:
+        raise CommandError(str(error)) from None
+
+
 # ------------------------------------------------------------------------------------------------- parser
+def _add_study_commands(commands) -> None:
+    """The training runs of the studies and the pipeline's notebook stage (flags as the DVC stages use them)."""
+    synthetic = commands.add_parser("train-synthetic", help="train the synthetic-benchmark CNN and ViT (DVC stage "
+                                    "synthetic)")
+    synthetic.add_argument("--out", type=Path, required=True, help="folder for cnn.pt, vit.pt and metrics.json")
+    synthetic.add_argument("--seed", type=int, default=0)
+    synthetic.add_argument("--models", nargs="+", choices=["cnn", "vit"], default=["cnn", "vit"])
+    synthetic.add_argument("--size", type=int, default=224)
+    synthetic.add_argument("--num-classes", type=int, default=6)
+    synthetic.add_argument("--train-size", type=int, default=None, help="override the recipe's training-set size")
+    synthetic.add_argument("--epochs", type=int, default=None, help="override the recipe's number of epochs")
+    synthetic.add_argument("--test-size", type=int, default=600)
+    synthetic.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    synthetic.set_defaults(run=command_train_synthetic)
+
+    def aesthetic_options(sub: argparse.ArgumentParser) -> None:
+        sub.add_argument("--out", required=True, help="output folder (checkpoints, metrics.json, summary.json)")
+        sub.add_argument("--seed", type=int, default=0)
+        sub.add_argument("--lr", type=float, default=1e-3)
+        sub.add_argument("--score-weight", type=float, default=0.1)
+        sub.add_argument("--backbone", default="efficientnet_lite0",
+                         help="efficientnet_lite0 (default) or efficientnet_lite2")
+        sub.add_argument("--aggregation", default="concat", help="concat (default) or sum")
+
+    aesthetic = commands.add_parser("train-aesthetic", help="train both aesthetic-model variants on the synthetic "
+                                    "composition benchmark (DVC stage aesthetic)")
+    aesthetic_options(aesthetic)
+    aesthetic.add_argument("--size", type=int, default=224)
+    aesthetic.add_argument("--train", type=int, default=384, help="training images")
+    aesthetic.add_argument("--val", type=int, default=96, help="validation images (checkpoint selection)")
+    aesthetic.add_argument("--test", type=int, default=160, help="held-out images (reported metrics)")
+    aesthetic.add_argument("--epochs", type=int, default=20)
+    aesthetic.set_defaults(run=command_train_aesthetic)
+
+    ava = commands.add_parser("train-ava", help="train the aesthetic-model variants on AVA (data/README.md), frozen "
+                              "backbone")
+    aesthetic_options(ava)
+    ava.add_argument("--labels", required=True, help="AVA.txt (or an idealo/NIMA JSON split) with the vote counts")
+    ava.add_argument("--images", required=True, help="folder of <image id>.jpg")
+    ava.add_argument("--test-labels", required=True, help="label file whose ids form the held-out test split")
+    ava.add_argument("--val-fraction", type=float, default=0.05)
+    ava.add_argument("--epochs", type=int, default=10)
+    ava.add_argument("--batch-size", type=int, default=32)
+    ava.add_argument("--variant", action="append", choices=("attention", "plain"),
+                     help="train only this variant (repeatable; default both)")
+    ava.add_argument("--cache", action="store_true", help="hold backbone features in memory (251 KB an image)")
+    ava.set_defaults(run=command_train_ava)
+
+    focus = commands.add_parser("focus-report", help="subject mass share of CAM with vs without attention on the "
+                                "held-out split of a train-aesthetic run")
+    focus.add_argument("--run", dest="run_folder", required=True, help="output folder of `xaiimg train-aesthetic`")
+    focus.add_argument("--out", required=True, help="JSON file to write")
+    focus.set_defaults(run=command_focus_report)
+
+    notebook = commands.add_parser("notebook", help="execute notebooks/NAME.ipynb with its params.yaml parameters "
+                                   "(one DVC notebook stage; run from the checkout)")
+    notebook.add_argument("name", help="notebook name without .ipynb, e.g. 04_msgcam_comparison")
+    notebook.set_defaults(run=command_notebook)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = OneLineErrorParser(prog="xaiimg", description="Saliency maps for image classifiers and metrics for how "
                                 "good they are. Every command takes images or folders of images.")
@@ -371,6 +503,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     methods = commands.add_parser("methods", help="list registered methods and their parameters")
     methods.set_defaults(run=command_methods)
+    _add_study_commands(commands)
     return parser
 
 

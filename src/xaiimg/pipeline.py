@@ -1,12 +1,11 @@
 """The glue between params.yaml, papermill and DVC: run one numbered notebook with its profile's parameters.
 
 ``params.yaml`` holds ``profile: default|full`` and, per notebook, ``notebooks.<name>.<profile>`` parameter
-dictionaries; ``python -m xaiimg.pipeline notebook <name>`` executes ``notebooks/<name>.ipynb`` with papermill
-(working directory ``notebooks/``, as nbval uses) into ``artifacts/notebooks/<name>.ipynb``.
+dictionaries; ``xaiimg notebook <name>`` (each DVC notebook stage) executes the notebook of that name in
+``notebooks/`` with papermill (working directory ``notebooks/``, as nbval uses) into ``artifacts/notebooks/``.
 """
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 from typing import Any
 
@@ -53,74 +52,25 @@ def notebook_parameters(name: str, params: dict[str, Any], declared: set[str]) -
     return values
 
 
+def notebook_source(name: str, root: Path) -> Path:
+    """The notebook of ``notebooks/`` whose file name without ``.ipynb`` is ``name``; any other name is refused
+    (it is looked up among the files there, never joined into a path)."""
+    notebooks = {path.stem: path for path in (root / "notebooks").glob("*.ipynb")}
+    if name not in notebooks:
+        raise ValueError(f"no notebook {name!r} in {root / 'notebooks'} (known: {', '.join(sorted(notebooks))})")
+    return notebooks[name]
+
+
 def run_notebook(name: str, root: Path | None = None) -> Path:
+    """Execute notebook ``name`` with its params.yaml parameters; returns the executed copy's path."""
     import papermill
 
     root = root or repo_root()
-    source = root / "notebooks" / f"{name}.ipynb"
-    if not source.is_file():
-        raise FileNotFoundError(f"notebook {source} not found")
-    output = root / "artifacts" / "notebooks" / f"{name}.ipynb"
+    source = notebook_source(name, root)
+    output = root / "artifacts" / "notebooks" / source.name
     output.parent.mkdir(parents=True, exist_ok=True)
     declared = set(papermill.inspect_notebook(str(source)))
     parameters = notebook_parameters(name, load_params(root / "params.yaml"), declared)
     papermill.execute_notebook(str(source), str(output), parameters=parameters, cwd=str(root / "notebooks"),
                                kernel_name="python3", progress_bar=False)
     return output
-
-
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m xaiimg.pipeline", description=__doc__)
-    commands = parser.add_subparsers(dest="command", required=True)
-    run = commands.add_parser("notebook", help="execute notebooks/<name>.ipynb with its params.yaml parameters")
-    run.add_argument("name", help="notebook name without .ipynb, e.g. 04_msgcam_comparison")
-    arguments = parser.parse_args(argv)
-    print(run_notebook(arguments.name))
-
-
-def output_folders(*folders: str | Path) -> list[Path]:
-    """Create (if needed) and return the notebook's output folders."""
-    paths = [Path(folder) for folder in folders]
-    for path in paths:
-        path.mkdir(parents=True, exist_ok=True)
-    return paths
-
-
-def synthetic_model(folder: str | Path, kind: str = "cnn", train_if_missing: bool = False, seed: int = 0,
-                    size: int = 64, train_size: int = 1000, epochs: int = 3):
-    """The trained synthetic-benchmark model ``<folder>/<kind>.pt`` (the DVC ``synthetic`` stage writes it).
-
-    With ``train_if_missing`` (notebooks' CI parameters), a missing checkpoint is trained with a quick recipe
-    (``size`` px scenes, ``train_size`` images, ``epochs``) and saved there; its held-out accuracy is in
-    ``model.synthetic_metrics`` (the notebooks print it).
-    """
-    from dataclasses import replace
-
-    from xaiimg.models.synthetic import (DEFAULT_RECIPES, load_synthetic_model, save_checkpoint,
-                                         train_synthetic_model)
-
-    path = Path(folder) / f"{kind}.pt"
-    if not path.is_file() and train_if_missing:
-        recipe = replace(DEFAULT_RECIPES[kind]["train"], epochs=epochs)
-        model, config, metrics = train_synthetic_model(kind, seed=seed, size=size, train_size=train_size,
-                                                       train_config=recipe, test_size=200)
-        save_checkpoint(model, config, metrics, path)
-    return load_synthetic_model(path)
-
-
-def aesthetic_run(folder: str | Path, train_if_missing: bool = False, seed: int = 0, size: int = 224,
-                  train: int = 96, val: int = 32, test: int = 48, epochs: int = 8):
-    """``(model with attention, model without, held-out CompositionSet)`` of the composition-benchmark run in
-    ``folder`` (the DVC ``aesthetic`` stage writes it). With ``train_if_missing`` (notebooks' CI parameters) a
-    missing run is trained first with the given small sizes; ``summary.json`` records what was used."""
-    from xaiimg.analysis.aesthetic import load_composition_run
-    from xaiimg.models.aesthetic import train_on_composition
-
-    if not (Path(folder) / "summary.json").is_file() and train_if_missing:
-        train_on_composition(folder, seed=seed, size=size, train=train, val=val, test=test, epochs=epochs,
-                             log=lambda *_: None)
-    return load_composition_run(folder)
-
-
-if __name__ == "__main__":
-    main()

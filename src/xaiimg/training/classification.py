@@ -1,8 +1,8 @@
 """A small, seeded classification training loop for in-memory uint8 image tensors (CPU-friendly).
 
-Used to train the synthetic-benchmark models; deterministic for a given seed, thread count and machine:
-the parameters are initialised under ``torch.manual_seed(seed)`` by the caller, and batch order and
-augmentation come from one ``torch.Generator`` seeded here.
+It trains the synthetic-benchmark models (:mod:`xaiimg.models.synthetic`); deterministic for a given seed,
+thread count and machine: the parameters are initialised under ``torch.manual_seed(seed)`` by the caller, and
+batch order and augmentation come from one ``torch.Generator`` seeded here.
 """
 from __future__ import annotations
 

@@ -7,21 +7,31 @@
    share of CAM mass inside the subject mask (:func:`subject_mass_share`) over a held-out set.
 3. :func:`lrp_through_attention`: LRP with the attention weights held constant (conservative propagation).
 
-Runs are read back by :func:`load_composition_run` (synthetic scenes with subject masks) and :func:`load_ava_run`
-(AVA photographs, full profile).
+The models come from training runs (folder layout: :class:`~xaiimg.studies.runs.AestheticRun`):
+:func:`train_on_composition` (``xaiimg train-aesthetic``, the DVC ``aesthetic`` stage) trains both variants on the
+synthetic composition benchmark (:mod:`xaiimg.data.composition`), :func:`train_on_ava` (``xaiimg train-ava``) on
+AVA with the standard test split. Runs are read back by :func:`load_composition_run` (synthetic scenes with
+subject masks) and :func:`load_ava_run` (AVA photographs, full profile).
 """
 from __future__ import annotations
 
+import functools
+import time
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
 
 import torch
 from torch import nn
 
-from xaiimg.data.ava import NUM_BINS, mean_score
+from xaiimg.data.ava import NUM_BINS, AVADataset, mean_score, read_ava_labels, split_by_ids
+from xaiimg.data.composition import CompositionConfig, make_composition_set
 from xaiimg.methods.base import (Explainer, TargetLike, capture_outputs, preserved_state, resolve_layer,
                                  resolve_targets)
-from xaiimg.models.aesthetic import AestheticModel, ScoreHead, attention_detached
+from xaiimg.models.aesthetic import AestheticModel, ScoreHead, attention_detached, load_aesthetic
 from xaiimg.ops import check_images, minmax_normalize, upsample
+from xaiimg.studies.runs import VARIANTS, AestheticRun
+from xaiimg.training.aesthetic import cache_features, evaluate_aesthetic, train_aesthetic
 
 DEFAULT_STAGES = {"shallow": "backbone.blocks.1", "middle": "backbone.blocks.3", "deep": "backbone.bn2"}
 PROJECTIONS = ("auto", "deconvnet", "upsample")
@@ -202,54 +212,139 @@ def positive_relevance(relevance: torch.Tensor) -> torch.Tensor:
     return positive / positive.flatten(1).amax(1).clamp_min(1e-12).view(-1, *([1] * (relevance.ndim - 1)))
 
 
-# ------------------------------------------------------------------------------------------- run loading
+# ------------------------------------------------------------------------------------------------ runs
+def _epoch_logger(log, variant: str):
+    """A :func:`train_aesthetic` epoch callback writing one progress line of ``variant`` to ``log`` (None: none)."""
+    if not log:
+        return None
+    return lambda record: log(f"{variant} epoch {record['epoch']}: train {record['train_loss']:.4f}"
+                              f" val srcc {record['val']['srcc']:.3f}")
+
+
+def train_on_composition(out: str | Path, seed: int = 0, size: int = 224, train: int = 384, val: int = 96,
+                         test: int = 160, epochs: int = 20, backbone: str = "efficientnet_lite0",
+                         aggregation: str = "concat", score_weight: float = 0.1, lr: float = 1e-3,
+                         log=functools.partial(print, flush=True)) -> dict:
+    """Train the attention and plain variants on the composition benchmark (frozen backbone, features cached
+    once and shared) into the run folder ``out`` (:class:`~xaiimg.studies.runs.AestheticRun`): checkpoints and
+    metrics per variant, and a summary with the held-out (test split) SRCC/PLCC/accuracy of each variant's
+    best-on-validation checkpoint."""
+    run = AestheticRun(out)
+    config = CompositionConfig(size=size)
+    splits = {name: make_composition_set(count, config, seed=seed + offset)
+              for offset, (name, count) in enumerate((("train", train), ("val", val), ("test", test)))}
+    summary = {"benchmark": {"config": config.as_dict(), "seeds": {"train": seed, "val": seed + 1, "test": seed + 2},
+                             "sizes": {"train": train, "val": val, "test": test}}, "variants": {}}
+    torch.manual_seed(seed)
+    plain = AestheticModel(backbone, attention=False)
+    plain.freeze_backbone()
+    started = time.perf_counter()
+    features = {name: cache_features(plain, split.dataset(plain.spec)) for name, split in splits.items()}
+    summary["feature_cache_seconds"] = time.perf_counter() - started
+    for variant in VARIANTS:
+        torch.manual_seed(seed)
+        model = AestheticModel(backbone, attention=variant == "attention", aggregation=aggregation)
+        metrics = train_aesthetic(model, features["train"], features["val"], run.training_outputs(variant),
+                                  inputs="features", epochs=epochs, lr=lr, score_weight=score_weight, seed=seed,
+                                  log=_epoch_logger(log, variant))
+        best = load_aesthetic(run.best_checkpoint(variant), model)
+        held_out = evaluate_aesthetic(best, features["test"], cached=True, score_weight=score_weight)
+        summary["variants"][variant] = {"test": held_out, "best_epoch": metrics["best_epoch"],
+                                        "train_seconds": metrics["train_seconds"]}
+        if log:
+            log(f"{variant}: held-out SRCC {held_out['srcc']:.3f}, PLCC {held_out['plcc']:.3f}, "
+                f"accuracy {held_out['accuracy']:.3f}")
+    run.write_summary(summary)
+    return summary
+
+
+def train_on_ava(out: str | Path, labels: str | Path, images: str | Path, test_labels: str | Path, seed: int = 0,
+                 val_fraction: float = 0.05, epochs: int = 10, batch_size: int = 32, lr: float = 1e-3,
+                 score_weight: float = 0.1, backbone: str = "efficientnet_lite0", aggregation: str = "concat",
+                 variants: Sequence[str] = VARIANTS, cache: bool = False, missing: str = "skip",
+                 log=functools.partial(print, flush=True)) -> dict:
+    """Train the model variants on AVA (frozen backbone): ``labels`` (AVA.txt rows or an idealo/NIMA JSON split)
+    minus the ids of ``test_labels`` (the standard split, e.g. ``idealo_ava_labels_test.json``) is split, seeded,
+    into training and ``val_fraction`` validation (checkpoint selection); the run folder ``out``
+    (:class:`~xaiimg.studies.runs.AestheticRun`) gets checkpoints and metrics per variant and a summary with the
+    held-out SRCC/PLCC/accuracy at 5 of each variant's best checkpoint.
+    ``missing="skip"`` trains on the labelled images present in ``images``; ``cache`` holds backbone features in
+    memory (251 KB an image at 224 px)."""
+    unknown = sorted(set(variants) - set(VARIANTS))
+    if unknown or not variants:
+        raise ValueError(f"variants must be a non-empty subset of {VARIANTS}, got {list(variants)}")
+    if not 0 < val_fraction < 1:
+        raise ValueError(f"val_fraction must be in (0, 1), got {val_fraction}")
+    run = AestheticRun(out)
+    test_ids = [r.image_id for r in read_ava_labels(test_labels)]
+    train_records, test_records = split_by_ids(read_ava_labels(labels), test_ids)
+    order = torch.randperm(len(train_records), generator=torch.Generator().manual_seed(seed)).tolist()
+    val_count = max(1, round(val_fraction * len(train_records)))
+    records = {"train": [train_records[i] for i in sorted(order[val_count:])],
+               "val": [train_records[i] for i in sorted(order[:val_count])], "test": test_records}
+    transform = AestheticModel(backbone, attention=False).spec.transform()
+    splits = {name: AVADataset(rows, images, transform, missing=missing) for name, rows in records.items()}
+    summary = {"data": {"labels": str(labels), "images": str(images), "test_labels": str(test_labels),
+                        "seed": seed, "sizes": {name: len(split) for name, split in splits.items()}}, "variants": {}}
+    for variant in variants:
+        torch.manual_seed(seed)
+        model = AestheticModel(backbone, attention=variant == "attention", aggregation=aggregation)
+        metrics = train_aesthetic(model, splits["train"], splits["val"], run.training_outputs(variant),
+                                  epochs=epochs, batch_size=batch_size, lr=lr, score_weight=score_weight, cache=cache,
+                                  seed=seed, log=_epoch_logger(log, variant))
+        best = load_aesthetic(run.best_checkpoint(variant), model)
+        held_out = evaluate_aesthetic(best, splits["test"], batch_size, score_weight=score_weight)
+        summary["variants"][variant] = {"test": held_out, "best_epoch": metrics["best_epoch"],
+                                        "train_seconds": metrics["train_seconds"]}
+        if log:
+            log(f"{variant}: held-out SRCC {held_out['srcc']:.3f}, PLCC {held_out['plcc']:.3f}, "
+                f"accuracy {held_out['accuracy']:.3f}")
+    run.write_summary(summary)
+    return summary
+
+
 def load_composition_run(out_dir, split: str = "test"):
-    """``(model with attention, model without, CompositionSet)`` of a run of
-    ``python -m xaiimg.models.aesthetic train --out <out_dir>``: the best-on-validation checkpoints and the
-    benchmark split regenerated from the run's recorded config and seed."""
-    import json
-    from pathlib import Path
-
-    from xaiimg.data.composition import CompositionConfig, make_composition_set
-    from xaiimg.models.aesthetic import load_aesthetic
-
-    out_dir = Path(out_dir)
-    summary_path = out_dir / "summary.json"
-    if not summary_path.is_file():
-        raise FileNotFoundError(f"{summary_path} not found; run "
-                                f"`python -m xaiimg.models.aesthetic train --out {out_dir}` first")
-    benchmark = json.loads(summary_path.read_text())["benchmark"]
+    """``(model with attention, model without, CompositionSet)`` of a run of ``xaiimg train-aesthetic --out
+    <out_dir>``: the best-on-validation checkpoints and the benchmark split regenerated from the run's recorded
+    config and seed."""
+    run = AestheticRun(out_dir)
+    if not run.summary.is_file():
+        raise FileNotFoundError(f"{run.summary} not found; run `xaiimg train-aesthetic --out {out_dir}` first")
+    benchmark = run.read_summary()["benchmark"]
     if split not in benchmark["seeds"]:
         raise ValueError(f"split must be one of {sorted(benchmark['seeds'])}, got {split!r}")
     config = CompositionConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in benchmark["config"].items()})
     images = make_composition_set(benchmark["sizes"][split], config, seed=benchmark["seeds"][split])
-    return load_aesthetic(out_dir / "attention" / "best.pt"), load_aesthetic(out_dir / "plain" / "best.pt"), images
+    return load_aesthetic(run.best_checkpoint("attention")), load_aesthetic(run.best_checkpoint("plain")), images
+
+
+def aesthetic_run(folder, train_if_missing: bool = False, seed: int = 0, size: int = 224, train: int = 96,
+                  val: int = 32, test: int = 48, epochs: int = 8):
+    """:func:`load_composition_run` of ``folder`` (the DVC ``aesthetic`` stage writes it). With
+    ``train_if_missing`` (notebooks' CI parameters) a missing run is trained first with the given small sizes;
+    its ``summary.json`` records what was used."""
+    if not AestheticRun(folder).summary.is_file() and train_if_missing:
+        train_on_composition(folder, seed=seed, size=size, train=train, val=val, test=test, epochs=epochs, log=None)
+    return load_composition_run(folder)
 
 
 def load_ava_run(run_dir, count: int | None = None, images=None, test_labels=None):
     """``(model with attention, model without, x [N,3,H,W] (model input), mean scores [N])`` of a run of
-    ``python -m xaiimg.models.aesthetic train-ava --out <run_dir>``: its best-on-validation checkpoints and the
-    first ``count`` (all if None) held-out images present on disk, read from the image folder and test-split label
-    file the run recorded (or ``images`` / ``test_labels`` where they have moved). AVA has no subject masks, so
-    these serve the qualitative figures only."""
-    import json
-    from pathlib import Path
-
-    from xaiimg.data.ava import AVADataset, read_ava_labels
-    from xaiimg.models.aesthetic import load_aesthetic
-
-    run_dir = Path(run_dir)
-    summary_path = run_dir / "summary.json"
-    if not summary_path.is_file():
-        raise FileNotFoundError(f"{summary_path} not found; run `python -m xaiimg.models.aesthetic train-ava --out "
-                                f"{run_dir} ...` first (data/README.md, AVA)")
-    recorded = json.loads(summary_path.read_text()).get("data", {})
+    ``xaiimg train-ava --out <run_dir>``: its best-on-validation checkpoints and the first ``count`` (all if None)
+    held-out images present on disk, read from the image folder and test-split label file the run recorded (or
+    ``images`` / ``test_labels`` where they have moved). AVA has no subject masks, so these serve the qualitative
+    figures only."""
+    run = AestheticRun(run_dir)
+    if not run.summary.is_file():
+        raise FileNotFoundError(f"{run.summary} not found; run `xaiimg train-ava --out {run_dir} ...` first "
+                                "(data/README.md, AVA)")
+    recorded = run.read_summary().get("data", {})
     images = images if images is not None else recorded.get("images")
     test_labels = test_labels if test_labels is not None else recorded.get("test_labels")
     if images is None or test_labels is None:
-        raise ValueError(f"{summary_path} records no AVA image folder / test labels; pass images= and test_labels=")
-    with_attention = load_aesthetic(run_dir / "attention" / "best.pt")
-    plain = load_aesthetic(run_dir / "plain" / "best.pt")
+        raise ValueError(f"{run.summary} records no AVA image folder / test labels; pass images= and test_labels=")
+    with_attention = load_aesthetic(run.best_checkpoint("attention"))
+    plain = load_aesthetic(run.best_checkpoint("plain"))
     records = read_ava_labels(test_labels)
     held_out = AVADataset(records, images, with_attention.spec.transform(), missing="skip")
     if len(held_out) == 0:
@@ -274,26 +369,13 @@ def focus_report(out_dir, targets=("score", None), batch_size: int = 16) -> dict
     return report
 
 
-def main(argv=None) -> None:
-    import argparse
-    import json
-    from pathlib import Path
-
-    parser = argparse.ArgumentParser(prog="python -m xaiimg.analysis.aesthetic",
-                                     description="subject mass share of CAM with vs without attention, held-out split")
-    parser.add_argument("--run", required=True, help="output folder of `python -m xaiimg.models.aesthetic train`")
-    parser.add_argument("--out", required=True, help="JSON file to write")
-    args = parser.parse_args(argv)
-    report = focus_report(args.run)
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(report, indent=2))
+def focus_report_lines(report: dict) -> list[str]:
+    """One summary line per CAM target of a :func:`focus_report`."""
+    lines = []
     for target, study in report.items():
-        attention, plain = study["attention"], study["plain"]
-        print(f"CAM target {target}: subject mass share with attention {attention['mean']:.3f} "
-              f"+- {attention['std']:.3f}, without {plain['mean']:.3f} +- {plain['std']:.3f} "
-              f"(uniform map {study['area']:.3f}); attention higher on {study['difference']['attention_higher']}/"
-              f"{study['difference']['count']}, Wilcoxon p = {study['difference']['wilcoxon_p']:.2g}")
-
-
-if __name__ == "__main__":
-    main()
+        attention, plain, difference = study["attention"], study["plain"], study["difference"]
+        lines.append(f"CAM target {target}: subject mass share with attention {attention['mean']:.3f} "
+                     f"+- {attention['std']:.3f}, without {plain['mean']:.3f} +- {plain['std']:.3f} "
+                     f"(uniform map {study['area']:.3f}); attention higher on {difference['attention_higher']}/"
+                     f"{difference['count']}, Wilcoxon p = {difference['wilcoxon_p']:.2g}")
+    return lines
