@@ -137,14 +137,3 @@ def test_checkpoint_mismatch_errors(arch, problem, tmp_path):
     torch.save(torch.nn.Linear(3, 4).state_dict(), tmp_path / "small.pth")
     with pytest.raises(CheckpointError, match=problem):
         load_checkpoint_model(arch, tmp_path / "small.pth")
-
-
-def test_environment_yml_mirrors_pyproject_pins():
-    import tomllib
-
-    root = Path(__file__).resolve().parents[1]
-    project = tomllib.loads((root / "pyproject.toml").read_text())["project"]
-    pins = set(project["dependencies"]) | set(project["optional-dependencies"]["test"])
-    listed = {line.strip()[2:] for line in (root / "environment.yml").read_text().splitlines()
-              if line.strip().startswith("- ") and "==" in line}
-    assert listed == pins
