@@ -1,10 +1,11 @@
-"""Tensor operations shared by methods and metrics (PROTOCOLS.md, "Common conventions").
+"""Tensor operations shared by methods, metrics and studies (PROTOCOLS.md, "Common conventions").
 
-Everything stays in torch on the input's device and dtype.
+The ground floor with :mod:`xaiimg.nn` (model helpers) and :mod:`xaiimg.passes`; it imports nothing else from
+xaiimg. Everything stays in torch on the input's device and dtype.
 """
 from __future__ import annotations
 
-import math
+from typing import Iterator
 
 import torch
 import torch.nn.functional as F
@@ -84,6 +85,29 @@ def stable_descending_order(maps: torch.Tensor) -> torch.Tensor:
     return torch.sort(flat, dim=1, descending=True, stable=True).indices
 
 
-def num_steps(num_pixels: int, step: int) -> int:
-    """``N = ceil(H*W / step)`` steps of ``step`` pixels (the last step may be partial)."""
-    return math.ceil(num_pixels / step)
+def average_ranks(values: torch.Tensor) -> torch.Tensor:
+    """Ranks ``0..n-1`` along the last dim, ties given their mean rank (``scipy.stats.rankdata`` minus 1), float64."""
+    sorted_values = values.sort(dim=-1).values.contiguous()
+    values = values.contiguous()
+    first = torch.searchsorted(sorted_values, values, right=False)
+    last = torch.searchsorted(sorted_values, values, right=True) - 1
+    return (first + last).double() / 2
+
+
+def spearman_correlation(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Spearman's rank correlation per sample ``[B]`` of ``[B,...]`` tensors: Pearson correlation of the average
+    ranks, ``rho = sum_i r_i s_i / (||r|| ||s||)`` with centred ranks ``r``, ``s`` (``scipy.stats.spearmanr``).
+    NaN when a sample is constant."""
+    ranks_a = average_ranks(a.reshape(a.shape[0], -1).double())
+    ranks_b = average_ranks(b.reshape(b.shape[0], -1).double())
+    ranks_a = ranks_a - ranks_a.mean(dim=1, keepdim=True)
+    ranks_b = ranks_b - ranks_b.mean(dim=1, keepdim=True)
+    return (ranks_a * ranks_b).sum(1) / (ranks_a.norm(dim=1) * ranks_b.norm(dim=1))
+
+
+def batches(total: int, batch_size: int) -> Iterator[slice]:
+    """Slices ``[0:bs], [bs:2bs], ...`` covering ``range(total)``."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    for start in range(0, total, batch_size):
+        yield slice(start, min(start + batch_size, total))
