@@ -15,8 +15,8 @@ import torch
 from torch import nn
 
 import xaiimg as xi
-from xaiimg.methods.base import frozen_parameters
-from xaiimg.methods.cam import CAM, GradCAM, GradCAMPlusPlus, XGradCAM, layer_activation_and_gradient
+from xaiimg.methods.cam import CAM, GradCAM, GradCAMPlusPlus, XGradCAM
+from xaiimg.nn import activations_and_gradients, frozen_parameters
 from xaiimg.ops import minmax_normalize
 from xaiimg.passes import count_passes
 
@@ -67,7 +67,7 @@ def hand_net(head):
 
 def test_hand_net_activations_and_gradients():
     model = hand_net("flatten")
-    activation, gradient, targets, logits = layer_activation_and_gradient(model, HAND_X, 1, model.features)
+    activation, gradient, logits, targets = activations_and_gradients(model, HAND_X, model.features, 1)
     assert torch.equal(activation, torch.tensor([HAND_A], dtype=torch.float64))
     assert torch.equal(gradient, torch.tensor([HAND_G], dtype=torch.float64))
     assert targets.tolist() == [1]
@@ -95,9 +95,9 @@ GOLDEN = {
 def test_gradient_cam_golden_weights_and_map(name):
     model = hand_net("flatten")
     method = GRADIENT_CAMS[name]()
-    activation, gradient, targets, _ = layer_activation_and_gradient(model, HAND_X, 1, model.features)
+    layer_pass = activations_and_gradients(model, HAND_X, model.features, 1)
     weights, expected_map = GOLDEN[name]
-    torch.testing.assert_close(method.channel_weights(activation, gradient, targets, model),
+    torch.testing.assert_close(method.channel_weights(model, HAND_X, layer_pass),
                                torch.tensor([weights], dtype=torch.float64), rtol=0, atol=1e-7)
     method.layer = "features"
     raw = method.attribute(model, HAND_X, 1)
@@ -111,8 +111,8 @@ def test_gradient_cam_golden_weights_and_map(name):
 def test_grad_cam_plus_plus_eps_is_the_pytorch_grad_cam_stabiliser():
     """With eps, alpha = g^2 / (2 g^2 + S g^3 + eps): w_1 = 0.5 * 0.25 / (0.5 + 1.5 + eps)."""
     model = hand_net("flatten")
-    activation, gradient, targets, _ = layer_activation_and_gradient(model, HAND_X, 1, model.features)
-    weights = GradCAMPlusPlus(eps=0.5).channel_weights(activation, gradient, targets, model)
+    layer_pass = activations_and_gradients(model, HAND_X, model.features, 1)
+    weights = GradCAMPlusPlus(eps=0.5).channel_weights(model, HAND_X, layer_pass)
     w0 = 1 * 1 / (2 + 10 + 0.5) + 2 * 4 / (8 + 80 + 0.5)
     torch.testing.assert_close(weights, torch.tensor([[w0, 0.125 / 2.5]], dtype=torch.float64))
 
@@ -221,8 +221,8 @@ def test_gradient_cams_equal_pytorch_grad_cam(name, lite0_double, lite0_batch, r
         layer = model.spec.default_layer
         weights, raw, final = pytorch_grad_cam_weights_and_maps(getattr(pytorch_grad_cam, class_name), model,
                                                                 layer, x, targets)
-        activation, gradient, _, _ = layer_activation_and_gradient(model, x, targets, model.get_submodule(layer))
-        torch.testing.assert_close(ours.channel_weights(activation, gradient, targets, model), weights,
+        layer_pass = activations_and_gradients(model, x, layer, targets)
+        torch.testing.assert_close(ours.channel_weights(model, x, layer_pass), weights,
                                    rtol=1e-7, atol=1e-12)
         torch.testing.assert_close(ours.attribute(model, x, targets), raw, rtol=1e-7, atol=1e-12)
         torch.testing.assert_close(xi.explain(ours, model, x, target=targets).float(), final, rtol=0, atol=1e-4)

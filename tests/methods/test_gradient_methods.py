@@ -13,8 +13,8 @@ import torch
 from torch import nn
 
 import xaiimg as xi
-from xaiimg.methods.gradient import (Gradient, GuidedBackprop, IntegratedGradients, Occlusion, SmoothGrad,
-                                     reduce_channels)
+from xaiimg.methods.gradient import Gradient, GuidedBackprop, IntegratedGradients, Occlusion, SmoothGrad
+from xaiimg.methods.input_attribution_base import reduce_channels
 from xaiimg.ops import minmax_normalize
 from xaiimg.passes import count_passes
 

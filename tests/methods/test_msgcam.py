@@ -12,8 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from xaiimg.methods.cameras import multiscale_passes, scaled_sizes
 from xaiimg.methods.msgcam import MSGCAM, upsampled_mean
+from xaiimg.methods.perturbation_base import multiscale_passes, scaled_sizes
 from xaiimg.ops import gaussian_blur
 from xaiimg.passes import count_passes
 
@@ -99,7 +99,7 @@ def test_msg_cam_pass_counts_and_keep_masks():
     model = strided_cnn()
     x = images(3)
     sizes = scaled_sizes((32, 32), [32, 40, 48], 32)
-    _, _, keep, _ = multiscale_passes(model, model.features[3], x, sizes, MIXED_TARGETS, "bicubic")
+    _, _, keep, _ = multiscale_passes(model, x, model.features[3], sizes, MIXED_TARGETS, "bicubic")
     assert keep.T.tolist() == [[True, True, False], [False, False, True], [False, False, False]]
     with count_passes(model) as log:
         MSGCAM(groups=8, batch_size=10, **SCALES)(model, x, target=MIXED_TARGETS)

@@ -14,8 +14,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from xaiimg.methods.cameras import CAMERAS, multiscale_passes
-from xaiimg.methods.perturbation import RISE, GroupCAM, ScoreCAM, group_sums, percentile_denoise
+from xaiimg.methods.cameras import CAMERAS
+from xaiimg.methods.perturbation import RISE, GroupCAM, ScoreCAM
+from xaiimg.methods.perturbation_base import group_sums, multiscale_passes, percentile_denoise
 from xaiimg.ops import gaussian_blur
 from xaiimg.passes import count_passes
 
@@ -283,7 +284,7 @@ def test_cameras_matches_literal_reference_with_mixed_targets():
     model = strided_cnn()
     x = images(3)
     resolutions = [32, 40, 48, 56]
-    _, _, keep, _ = multiscale_passes(model, model.features[3], x, [(r, r) for r in resolutions], MIXED_TARGETS,
+    _, _, keep, _ = multiscale_passes(model, x, model.features[3], [(r, r) for r in resolutions], MIXED_TARGETS,
                                       "bicubic")
     assert keep.T.tolist() == [[True, True, False, False], [False, False, True, True], [False] * 4]
     for targets in (None, MIXED_TARGETS):

@@ -13,8 +13,9 @@ import torch
 import torch.nn.functional as F
 
 import xaiimg as xi
-from xaiimg.methods.base import Explainer, resolve_targets, select_scores
+from xaiimg.methods.base import Explainer
 from xaiimg.methods.sliding_window import SlidingWindow, ideal_lowpass
+from xaiimg.nn import resolve_targets, select_scores
 from xaiimg.passes import count_passes
 
 

@@ -10,7 +10,8 @@ import difflib
 import importlib
 import pkgutil
 
-from xaiimg.methods.base import Explainer, TargetLike, register, registry
+from xaiimg.methods.base import Explainer, register, registry
+from xaiimg.nn import TargetLike
 
 __all__ = ["Explainer", "available_methods", "explain", "get_method", "register"]
 

@@ -13,8 +13,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from xaiimg.methods.base import frozen_parameters, num_classes_of, preserved_state, resolve_layer
-from xaiimg.methods.deconvnet import forward_to
+from xaiimg.nn import forward_to, frozen_parameters, num_classes_of, preserved_state, resolve_layer
 
 
 @dataclass

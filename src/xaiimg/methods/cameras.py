@@ -1,9 +1,6 @@
-"""CAMERAS (Jalwana et al., CVPR 2021) and the multi-scale forward/backward passes it shares with MSG-CAM.
-
-Each scale is one forward+backward of the whole batch on the input resampled to that scale; the target is
-resolved on the first (original) scale, and a scale is kept for a sample only where the model's top-1 there
-equals the sample's target. Per-sample kept sets differ, so they are carried as a ``[S,B]`` keep mask and
-averaged with per-sample weights, not with a loop over samples.
+"""CAMERAS (Jalwana et al., CVPR 2021): multi-scale activations and gradients averaged over the scales where the
+model still predicts the target (passes in :func:`xaiimg.methods.perturbation_base.multiscale_passes`, shared with
+MSG-CAM).
 """
 from __future__ import annotations
 
@@ -13,62 +10,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from xaiimg.methods.base import Explainer, TargetLike, register, resolve_layer
-from xaiimg.methods.perturbation import activations_and_gradients, check_choice, check_positive_int
+from xaiimg.methods.base import Explainer, check_choice, check_positive_int, register
+from xaiimg.methods.perturbation_base import (NO_SCALE_POLICIES, check_scales, multiscale_passes, scale_weights,
+                                              scaled_sizes)
+from xaiimg.nn import TargetLike
 from xaiimg.ops import upsample
-
-NO_SCALE_POLICIES = ("original", "error")
-
-
-def scaled_sizes(size: tuple[int, int], scales: Sequence[int], reference: int) -> list[tuple[int, int]]:
-    """Input sizes ``round(H * s / reference), round(W * s / reference)`` for each scale ``s``."""
-    return [(round(size[0] * s / reference), round(size[1] * s / reference)) for s in scales]
-
-
-def multiscale_passes(model: nn.Module, layer: nn.Module, x: torch.Tensor, sizes: Sequence[tuple[int, int]],
-                      target: TargetLike, image_mode: str):
-    """One forward+backward per size: activations and target-logit gradients at each scale, the keep mask
-    ``[S,B]`` (top-1 at that scale == target) and the targets, resolved on ``sizes[0]``.
-
-    A size equal to the input's uses the input itself; others resample it with ``image_mode``
-    (``F.interpolate``, align_corners=False).
-    """
-    activations, gradients, keep = [], [], []
-    targets = target
-    for size in sizes:
-        scaled = x if tuple(size) == tuple(x.shape[-2:]) else F.interpolate(
-            x, size=tuple(size), mode=image_mode, align_corners=False)
-        layer_activations, layer_gradients, logits, targets = activations_and_gradients(model, layer, scaled, targets)
-        activations.append(layer_activations)
-        gradients.append(layer_gradients)
-        keep.append(logits.argmax(dim=-1) == targets)
-    return activations, gradients, torch.stack(keep), targets
-
-
-def scale_weights(keep: torch.Tensor, on_no_scale: str, dtype) -> torch.Tensor:
-    """Averaging weights ``[S,B]`` over each sample's kept scales (1/n_kept, 0 elsewhere).
-
-    A sample with no kept scale falls back to the original scale (``on_no_scale="original"``) or raises.
-    """
-    missing = ~keep.any(dim=0)
-    if missing.any():
-        samples = missing.nonzero().flatten().tolist()
-        if on_no_scale == "error":
-            raise ValueError(f"no scale has the target class as top-1 for samples {samples}; "
-                             "pass on_no_scale='original' to fall back to the original scale")
-        keep = keep.clone()
-        keep[0, missing] = True
-    keep = keep.to(dtype)
-    return keep / keep.sum(dim=0, keepdim=True)
-
-
-def check_scales(scales, name: str) -> list[int]:
-    scales = list(scales)
-    if not scales or any(isinstance(s, bool) or not isinstance(s, int) or s < 1 for s in scales):
-        raise ValueError(f"{name} must be a non-empty sequence of positive integers, got {scales!r}")
-    if len(set(scales)) != len(scales):
-        raise ValueError(f"{name} must not repeat a scale, got {scales!r}")
-    return scales
 
 
 @register("cameras")
@@ -99,9 +45,8 @@ class CAMERAS(Explainer):
         self.channel_chunk = check_positive_int(channel_chunk, "channel_chunk")
 
     def attribute(self, model: nn.Module, x: torch.Tensor, target: TargetLike = None) -> torch.Tensor:
-        layer = resolve_layer(model, self.layer)
         sizes = scaled_sizes(tuple(x.shape[-2:]), self.resolutions, self.resolutions[0])
-        activations, gradients, keep, _ = multiscale_passes(model, layer, x, sizes, target, self.image_mode)
+        activations, gradients, keep, _ = multiscale_passes(model, x, self.layer, sizes, target, self.image_mode)
         weights = scale_weights(keep, self.on_no_scale, x.dtype)
         size = tuple(x.shape[-2:]) if self.accumulate_at == "input" else tuple(activations[0].shape[-2:])
         saliency = torch.zeros(x.shape[0], 1, *size, dtype=x.dtype, device=x.device)

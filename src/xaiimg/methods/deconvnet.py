@@ -25,11 +25,12 @@ from typing import Iterator, Sequence
 import torch
 from torch import nn
 
-from xaiimg.methods.base import (Explainer, TargetLike, frozen_parameters, preserved_state, register, resolve_layer,
-                                 resolve_targets, select_scores)
+from xaiimg.methods.base import register
+from xaiimg.methods.input_attribution_base import ChannelReduced
+from xaiimg.nn import (TargetLike, forward_to, frozen_parameters, preserved_state, resolve_layer, resolve_targets,
+                       select_scores)
 
 RECTIFIED = (nn.ReLU, nn.ReLU6)
-CHANNEL_REDUCTIONS = ("max-abs", "sum", "abs-sum")
 
 
 class _RectifiedSignal(torch.autograd.Function):
@@ -64,32 +65,6 @@ def deconvnet_rules(model: nn.Module) -> Iterator[int]:
                 stack.callback(setattr, module, "inplace", True)
             stack.callback(module.register_forward_hook(rectify).remove)
         yield len(activations)
-
-
-class _StopForward(Exception):
-    pass
-
-
-def forward_to(model: nn.Module, x: torch.Tensor, layer: nn.Module) -> torch.Tensor:
-    """Run ``model(x)`` until ``layer`` has produced its (first) output and return it; the rest is skipped."""
-    captured: list[torch.Tensor] = []
-
-    def hook(_module, _inputs, output):
-        captured.append(output)
-        raise _StopForward
-
-    handle = layer.register_forward_hook(hook)
-    try:
-        model(x)
-    except _StopForward:
-        pass
-    finally:
-        handle.remove()
-    if not captured:
-        raise RuntimeError(f"layer {type(layer).__name__} was not called by {type(model).__name__}.forward")
-    if not isinstance(captured[0], torch.Tensor):
-        raise TypeError(f"layer {type(layer).__name__} returns {type(captured[0]).__name__}, not a tensor")
-    return captured[0]
 
 
 def feature_maps(model: nn.Module, x: torch.Tensor, layer: str | nn.Module) -> torch.Tensor:
@@ -131,25 +106,24 @@ def _select_unit(activation: torch.Tensor, channel: int | None, location: tuple[
 
 
 @register("deconvnet")
-class DeconvProjection(Explainer):
+class DeconvProjection(ChannelReduced):
     """Deconvnet projection (Zeiler & Fergus 2014) of one activation, or of the target logit, to pixel space.
 
     ``layer``: the layer whose activation is projected; ``None`` projects the target class logit (seed 1, the
     convention of Captum's ``Deconvolution`` / Springenberg et al. 2015), otherwise ``target`` is ignored.
     ``channel``/``location``: the unit (see :func:`_select_unit`; default the layer's maximal activation per sample);
     the kept activation carries its own value, all others are zero, as in the paper.
-    ``channel_reduction`` of the ``[B,3,H,W]`` projection to a map: ``"max-abs"`` (Simonyan et al. 2014),
-    ``"sum"`` or ``"abs-sum"``; :meth:`project` returns the projection itself for display.
+    ``channel_reduction`` of the ``[B,3,H,W]`` projection to a map: ``"abs-max"`` (``max_c |a_c|``, Simonyan et al.
+    2014), ``"sum"`` or ``"abs-sum"`` (:mod:`~xaiimg.methods.input_attribution_base`); :meth:`project` returns the
+    projection itself for display.
     """
 
     def __init__(self, layer: str | nn.Module | None = None, channel: int | None = None,
-                 location: Sequence[int] | None = None, channel_reduction: str = "max-abs"):
-        if channel_reduction not in CHANNEL_REDUCTIONS:
-            raise ValueError(f"channel_reduction must be one of {CHANNEL_REDUCTIONS}, got {channel_reduction!r}")
+                 location: Sequence[int] | None = None, channel_reduction: str = "abs-max"):
         self.layer = layer
         self.channel = channel
         self.location = tuple(location) if location is not None else None
-        self.channel_reduction = channel_reduction
+        super().__init__(channel_reduction)
 
     def project(self, model: nn.Module, x: torch.Tensor, target: TargetLike = None) -> torch.Tensor:
         """The deconvnet reconstruction ``[B, C_in, H, W]`` in the input's (normalised) space."""
@@ -167,10 +141,5 @@ class DeconvProjection(Explainer):
             (projection,) = torch.autograd.grad(activation, inputs, grad_outputs=seed.view_as(activation))
             return projection
 
-    def attribute(self, model, x, target: TargetLike = None):
-        projection = self.project(model, x, target)
-        if self.channel_reduction == "max-abs":
-            return projection.abs().amax(dim=1, keepdim=True)
-        if self.channel_reduction == "abs-sum":
-            return projection.abs().sum(dim=1, keepdim=True)
-        return projection.sum(dim=1, keepdim=True)
+    def input_attributions(self, model: nn.Module, x: torch.Tensor, target: TargetLike) -> torch.Tensor:
+        return self.project(model, x, target)

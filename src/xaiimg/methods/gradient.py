@@ -1,12 +1,9 @@
 """Input-attribution baselines as thin adapters over Captum: gradient, SmoothGrad, Integrated Gradients,
 Guided Backprop, Occlusion.
 
-Captum returns attributions ``[B,C,H,W]`` per input channel; each method here reduces them to one map
-``[B,1,H,W]`` by ``channel_reduction``:
-
-- ``"abs-max"``: ``max_c |a_c|`` (Simonyan et al., ICLR-W 2014, sec. 3.1), the default of gradient methods;
-- ``"sum"``: ``sum_c a_c`` (signed), the default of Occlusion, whose attribution is equal on all channels;
-- ``"abs-sum"``: ``sum_c |a_c|``.
+Captum returns attributions ``[B,C,H,W]`` per input channel; each method reduces them to one map ``[B,1,H,W]`` by
+``channel_reduction`` (:mod:`xaiimg.methods.input_attribution_base`: ``"abs-max"`` by default, ``"sum"`` for
+Occlusion, or ``"abs-sum"``).
 
 The signal is the raw logit of the target class (PROTOCOLS "Common conventions"), except Occlusion whose
 ``score`` defaults to the softmax probability (a perturbation weight). Targets: ``None`` (predicted class), an
@@ -23,25 +20,11 @@ from typing import Callable, Iterator
 import torch
 from torch import nn
 
-from xaiimg.methods.base import (Explainer, TargetLike, frozen_parameters, num_classes_of, register,
-                                 resolve_targets, select_scores)
-from xaiimg.methods.cam import check_input_channels
+from xaiimg.methods.base import check_positive_int, register
+from xaiimg.methods.input_attribution_base import ChannelReduced
+from xaiimg.nn import TargetLike, explicit_targets, num_classes_of, resolve_targets, select_scores
 
-__all__ = ["ChannelReduced", "Gradient", "GuidedBackprop", "IntegratedGradients", "Occlusion", "SmoothGrad",
-           "reduce_channels"]
-
-CHANNEL_REDUCTIONS = ("abs-max", "sum", "abs-sum")
-
-
-def reduce_channels(attributions: torch.Tensor, how: str) -> torch.Tensor:
-    """``[B,C,H,W]`` -> ``[B,1,H,W]`` by ``"abs-max"``, ``"sum"`` or ``"abs-sum"`` over channels."""
-    if how == "abs-max":
-        return attributions.abs().amax(dim=1, keepdim=True)
-    if how == "sum":
-        return attributions.sum(dim=1, keepdim=True)
-    if how == "abs-sum":
-        return attributions.abs().sum(dim=1, keepdim=True)
-    raise ValueError(f"channel_reduction must be one of {CHANNEL_REDUCTIONS}, got {how!r}")
+__all__ = ["Gradient", "GuidedBackprop", "IntegratedGradients", "Occlusion", "SmoothGrad"]
 
 
 def _target_scores(model: nn.Module, target: TargetLike) -> Callable[[torch.Tensor], torch.Tensor]:
@@ -76,35 +59,7 @@ def _targets_before_passes(model: nn.Module, x: torch.Tensor, target: TargetLike
         with torch.no_grad():
             return resolve_targets(None, model(x))
     num_classes = num_classes_of(model) or torch.iinfo(torch.int32).max   # checked again on the logits
-    shape_only = torch.empty(x.shape[0], 1, device=x.device).expand(x.shape[0], num_classes)
-    return resolve_targets(target, shape_only)
-
-
-def _check_batch_size(batch_size: int) -> int:
-    if not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
-    return batch_size
-
-
-class ChannelReduced(Explainer):
-    """Base of the Captum adapters: :meth:`input_attributions` ``[B,C,H,W]`` reduced by ``channel_reduction``.
-
-    Parameters are frozen during the passes (input gradients only; the model's ``.grad`` is never written).
-    """
-
-    def __init__(self, channel_reduction: str = "abs-max"):
-        if channel_reduction not in CHANNEL_REDUCTIONS:
-            raise ValueError(f"channel_reduction must be one of {CHANNEL_REDUCTIONS}, got {channel_reduction!r}")
-        self.channel_reduction = channel_reduction
-
-    def input_attributions(self, model: nn.Module, x: torch.Tensor, target: TargetLike) -> torch.Tensor:
-        raise NotImplementedError
-
-    def attribute(self, model: nn.Module, x: torch.Tensor, target: TargetLike = None) -> torch.Tensor:
-        check_input_channels(model, x)
-        with frozen_parameters(model), torch.enable_grad():
-            attributions = self.input_attributions(model, x.detach().requires_grad_(), target)
-        return reduce_channels(attributions.detach(), self.channel_reduction)
+    return explicit_targets(target, x.shape[0], num_classes, x.device)
 
 
 @register("gradient")
@@ -185,7 +140,7 @@ class SmoothGrad(ChannelReduced):
         self.n_samples = n_samples
         self.noise_level = noise_level
         self.seed = seed
-        self.batch_size = _check_batch_size(batch_size)
+        self.batch_size = check_positive_int(batch_size, "batch_size")
 
     def input_attributions(self, model, x, target):
         from captum.attr import NoiseTunnel, Saliency
@@ -219,7 +174,7 @@ class IntegratedGradients(ChannelReduced):
         self.n_steps = n_steps
         self.baseline = baseline
         self.method = method
-        self.batch_size = _check_batch_size(batch_size)
+        self.batch_size = check_positive_int(batch_size, "batch_size")
 
     def input_attributions(self, model, x, target):
         from captum.attr import IntegratedGradients as CaptumIntegratedGradients
@@ -251,7 +206,7 @@ class Occlusion(ChannelReduced):
         self.stride = stride
         self.baseline = baseline
         self.score = score
-        self.batch_size = _check_batch_size(batch_size)
+        self.batch_size = check_positive_int(batch_size, "batch_size")
 
     def input_attributions(self, model, x, target):
         from captum.attr import Occlusion as CaptumOcclusion

@@ -1,7 +1,7 @@
 """MSG-CAM: multi-scale gradient Group-CAM (thesis ch. 3, Algorithm 1; PROTOCOLS.md "MSG-CAM").
 
-Multi-scale passes come from :mod:`xaiimg.methods.cameras`; grouping, percentile denoising and the
-blurred-baseline group scoring are Group-CAM's (:mod:`xaiimg.methods.perturbation`), shared code.
+The multi-scale passes (as CAMERAS'), grouping, percentile denoising and the blurred-baseline group scoring (as
+Group-CAM's) come from :mod:`xaiimg.methods.perturbation_base`.
 """
 from __future__ import annotations
 
@@ -11,10 +11,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from xaiimg.methods.base import Explainer, TargetLike, register, resolve_layer
-from xaiimg.methods.cameras import NO_SCALE_POLICIES, multiscale_passes, scale_weights, scaled_sizes
-from xaiimg.methods.perturbation import (COMBINE_MODES, check_blur_fits, check_choice, check_percentile,
-                                         check_positive_int, group_score_map, group_sums, percentile_denoise)
+from xaiimg.methods.base import Explainer, check_choice, check_percentile, check_positive_int, register
+from xaiimg.methods.perturbation_base import (COMBINE_MODES, NO_SCALE_POLICIES, check_blur_fits, group_score_map,
+                                              group_sums, multiscale_passes, percentile_denoise, scale_weights,
+                                              scaled_sizes)
+from xaiimg.nn import TargetLike
 from xaiimg.ops import upsample
 
 
@@ -96,10 +97,9 @@ class MSGCAM(Explainer):
     def attribute(self, model: nn.Module, x: torch.Tensor, target: TargetLike = None) -> torch.Tensor:
         size = tuple(x.shape[-2:])
         check_blur_fits(size, self.blur_kernel)
-        layer = resolve_layer(model, self.layer)
         scales = self.scales(size[0])
         sizes = scaled_sizes(size, scales, scales[0])
-        activations, gradients, keep, targets = multiscale_passes(model, layer, x, sizes, target, self.image_mode)
+        activations, gradients, keep, targets = multiscale_passes(model, x, self.layer, sizes, target, self.image_mode)
         if self.groups > activations[0].shape[1]:
             raise ValueError(f"groups={self.groups} exceeds the layer's {activations[0].shape[1]} channels")
         weights = scale_weights(keep, self.on_no_scale, x.dtype)

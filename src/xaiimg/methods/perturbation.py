@@ -1,9 +1,7 @@
 """Perturbation-weighted saliency: Score-CAM, Group-CAM and RISE.
 
-Each method weights maps by how the model scores masked copies of the input. Masked inputs are built one
-batch at a time (``batch_size`` images per forward pass), never all at once, and all passes after the first
-run under ``torch.no_grad``. Group-CAM's grouping, denoising and blurred-baseline scoring live here as
-functions that MSG-CAM (:mod:`xaiimg.methods.msgcam`) reuses.
+Each method weights maps by how the model scores masked copies of the input; the masked forwards, Group-CAM's
+grouping, denoising and blurred-baseline scoring are shared with MSG-CAM in :mod:`xaiimg.methods.perturbation_base`.
 """
 from __future__ import annotations
 
@@ -13,137 +11,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from xaiimg.methods.base import (Explainer, TargetLike, batches, capture_outputs, frozen_parameters, register,
-                                 resolve_layer, resolve_targets, select_scores, to_spatial)
-from xaiimg.ops import MINMAX_EPS, gaussian_blur, minmax_normalize, upsample
-
-DENOISE_MODES = (None, "feature", "input")
-COMBINE_MODES = ("raw", "denoised")
-
-
-# ------------------------------------------------------------------------------------------ validation
-def check_positive_int(value, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")
-    return value
-
-
-def check_percentile(theta) -> float:
-    if isinstance(theta, bool) or not isinstance(theta, (int, float)) or not 0 <= theta <= 100:
-        raise ValueError(f"theta is a percentile and must lie in [0, 100], got {theta!r}")
-    return float(theta)
-
-
-def check_choice(value, choices, name: str):
-    if value not in choices:
-        raise ValueError(f"{name} must be one of {choices}, got {value!r}")
-    return value
-
-
-def check_blur_fits(size: tuple[int, int], blur_kernel: int) -> None:
-    """Reflect padding of the blur needs ``blur_kernel // 2 < H, W``."""
-    if blur_kernel // 2 >= min(size):
-        raise ValueError(f"blur_kernel={blur_kernel} is too large for a {size[0]}x{size[1]} input "
-                         f"(reflect padding needs blur_kernel // 2 < {min(size)}); pass a smaller blur_kernel")
-
-
-# ---------------------------------------------------------------------------------------- layer passes
-def activations_and_gradients(model: nn.Module, layer: nn.Module, x: torch.Tensor, target: TargetLike):
-    """One forward + backward: the layer's activations ``[B,C,h,w]``, the gradient of each sample's target
-    logit (raw, pre-softmax) with respect to them, the logits and the resolved targets.
-
-    Only activation gradients are computed (parameters frozen); the hook is removed on exit.
-    """
-    x = x.detach().requires_grad_(True)
-    with frozen_parameters(model), capture_outputs([layer]) as captured, torch.enable_grad():
-        logits = model(x)
-        targets = resolve_targets(target, logits)
-        output = captured[0]
-        if not isinstance(output, torch.Tensor):
-            raise ValueError(f"layer {type(layer).__name__} produced {type(output).__name__}, not a tensor; "
-                             "choose a layer whose output is a feature map")
-        (gradients,) = torch.autograd.grad(select_scores(logits, targets).sum(), output)
-    return to_spatial(output.detach(), model), to_spatial(gradients, model), logits.detach(), targets
-
-
-# ----------------------------------------------------------------------------------- Group-CAM pieces
-def group_sums(maps: torch.Tensor, groups: int) -> torch.Tensor:
-    """Sum ``[B,C,h,w]`` over ``groups`` groups of contiguous channels -> ``[B,groups,h,w]``.
-
-    Group sizes differ by at most one (``torch.tensor_split``); when ``groups`` divides ``C`` this is exactly
-    the official Group-CAM ``activations.chunk(groups, 1)``.
-    """
-    channels = maps.shape[1]
-    if groups > channels:
-        raise ValueError(f"groups={groups} exceeds the layer's {channels} channels")
-    if channels % groups == 0:
-        return maps.reshape(maps.shape[0], groups, channels // groups, *maps.shape[2:]).sum(2)
-    return torch.stack([chunk.sum(1) for chunk in maps.tensor_split(groups, dim=1)], dim=1)
-
-
-def percentile_denoise(maps: torch.Tensor, theta: float) -> torch.Tensor:
-    """Keep the values of each ``[h,w]`` map strictly above its ``theta``-th percentile, zero the rest.
-
-    The percentile interpolates linearly between order statistics, as ``np.percentile`` (default method).
-    """
-    flat = maps.reshape(*maps.shape[:-2], -1)
-    count = flat.shape[-1]
-    position = theta / 100 * (count - 1)
-    low = math.floor(position)
-    high = min(low + 1, count - 1)
-    value_low = flat.kthvalue(low + 1, dim=-1).values
-    value_high = flat.kthvalue(high + 1, dim=-1).values
-    threshold = value_low + (value_high - value_low) * (position - low)
-    return torch.where(maps > threshold[..., None, None], maps, torch.zeros_like(maps))
-
-
-def minmax_per_map(maps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Min-max each ``[h,w]`` map of ``[B,R,h,w]`` to [0,1]; also return which maps were not flat ``[B,R]``."""
-    flat = maps.reshape(*maps.shape[:2], -1)
-    low = flat.min(-1, keepdim=True).values
-    span = flat.max(-1, keepdim=True).values - low
-    not_flat = span > MINMAX_EPS
-    normalised = torch.where(not_flat, (flat - low) / span.clamp_min(MINMAX_EPS), torch.zeros_like(flat))
-    return normalised.reshape(maps.shape), not_flat[..., 0]
-
-
-def blended_probabilities(model: nn.Module, x: torch.Tensor, blurred: torch.Tensor, masks: torch.Tensor,
-                          targets: torch.Tensor, batch_size: int) -> torch.Tensor:
-    """``softmax(model(x*M + blur(x)*(1-M)))[target]`` for every mask of ``masks`` ``[B,R,H,W]`` -> ``[B,R]``.
-
-    The ``B*R`` blended images are built and scored ``batch_size`` at a time.
-    """
-    num_images, num_masks = masks.shape[:2]
-    flat_masks = masks.reshape(num_images * num_masks, 1, *masks.shape[2:])
-    scores = torch.empty(num_images * num_masks, dtype=x.dtype, device=x.device)
-    with torch.no_grad():
-        for part in batches(num_images * num_masks, batch_size):
-            image = torch.arange(part.start, part.stop, device=x.device) // num_masks
-            mask = flat_masks[part]
-            blended = x[image] * mask + blurred[image] * (1 - mask)
-            scores[part] = select_scores(F.softmax(model(blended), dim=-1), targets[image])
-    return scores.reshape(num_images, num_masks)
-
-
-def group_score_map(model: nn.Module, x: torch.Tensor, targets: torch.Tensor, masks: torch.Tensor,
-                    denoised: torch.Tensor, combine: str, batch_size: int, blur_kernel: int,
-                    blur_sigma: float) -> torch.Tensor:
-    """Score groups by blurred-baseline perturbation and combine them (Group-CAM eq. 4-6; MSG-CAM Alg. 1).
-
-    ``masks`` M_r and ``denoised`` (percentile-thresholded M_r, or M_r itself) are ``[B,R,H,W]`` at input size.
-    M'_r = minmax(denoised); I_r = I*M'_r + blur(I)*(1-M'_r);
-    alpha_r = softmax_c(I_r) - softmax_c(blur(I)); map = ReLU(sum_r alpha_r * M_r) (``combine="raw"``)
-    or ReLU(sum_r alpha_r * M'_r) (``combine="denoised"``). A flat M'_r gets alpha_r = 0, as the official
-    code skips it. Passes: 1 baseline forward of ``B`` images, ``B*R`` blended images in batches.
-    """
-    normalised, not_flat = minmax_per_map(denoised)
-    blurred = gaussian_blur(x, blur_kernel, blur_sigma, border="reflect")
-    with torch.no_grad():
-        baseline = select_scores(F.softmax(model(blurred), dim=-1), targets)
-    probabilities = blended_probabilities(model, x, blurred, normalised, targets, batch_size)
-    alpha = torch.where(not_flat, probabilities - baseline[:, None], torch.zeros_like(probabilities))
-    combined = masks if combine == "raw" else normalised
-    return F.relu((alpha[:, :, None, None] * combined).sum(1, keepdim=True))
+from xaiimg.methods.base import Explainer, check_choice, check_percentile, check_positive_int, register
+from xaiimg.methods.cam_base import ChannelWeightedCAM
+from xaiimg.methods.perturbation_base import (COMBINE_MODES, DENOISE_MODES, TARGET_SCORES, check_blur_fits,
+                                              group_score_map, group_sums, percentile_denoise, target_scores)
+from xaiimg.nn import LayerPass, TargetLike, activations_and_gradients, resolve_targets
+from xaiimg.ops import MINMAX_EPS, batches, minmax_normalize, upsample
 
 
 def mirror_linear_matrix(length: int, out_length: int, dtype, device) -> torch.Tensor:
@@ -166,8 +39,8 @@ def mirror_linear_matrix(length: int, out_length: int, dtype, device) -> torch.T
 
 # --------------------------------------------------------------------------------------------- methods
 @register("score-cam")
-class ScoreCAM(Explainer):
-    """Score-CAM (Wang et al., CVPR-W 2020): map = ReLU(sum_k w_k A_k) at the layer's resolution.
+class ScoreCAM(ChannelWeightedCAM):
+    """Score-CAM (Wang et al., CVPR-W 2020, eq. 8): map = ReLU(sum_k w_k A_k) at the layer's resolution.
 
     Each channel A_k is upsampled to the input size (bilinear), min-max normalised to a mask H_k, and the
     masked input x*H_k is scored. ``weights``:
@@ -183,9 +56,11 @@ class ScoreCAM(Explainer):
     images in batches of ``batch_size``.
     """
 
+    uses_gradients = False
+
     def __init__(self, layer: str | nn.Module | None = None, batch_size: int = 32, weights: str = "probability",
                  align_corners: bool = False):
-        self.layer = layer
+        super().__init__(layer)
         self.batch_size = check_positive_int(batch_size, "batch_size")
         self.weights = check_choice(weights, ("probability", "logit-softmax"), "weights")
         self.align_corners = bool(align_corners)
@@ -197,30 +72,22 @@ class ScoreCAM(Explainer):
         not_flat = (flat.max(1).values - flat.min(1).values) > MINMAX_EPS
         return minmax_normalize(masks), not_flat
 
-    def attribute(self, model: nn.Module, x: torch.Tensor, target: TargetLike = None) -> torch.Tensor:
-        layer = resolve_layer(model, self.layer)
-        with torch.no_grad():
-            with capture_outputs([layer]) as captured:
-                logits = model(x)
-            targets = resolve_targets(target, logits)
-            activations = to_spatial(captured[0], model)
-            num_images, channels = activations.shape[:2]
-            scores = torch.empty(num_images * channels, dtype=x.dtype, device=x.device)
-            not_flat = torch.empty(num_images * channels, dtype=torch.bool, device=x.device)
-            flat_activations = activations.reshape(num_images * channels, *activations.shape[2:])
-            for part in batches(num_images * channels, self.batch_size):
-                image = torch.arange(part.start, part.stop, device=x.device) // channels
-                masks, not_flat[part] = self.channel_masks(flat_activations[part], tuple(x.shape[-2:]))
-                output = model(x[image] * masks)
-                if self.weights == "probability":
-                    output = F.softmax(output, dim=-1)
-                scores[part] = select_scores(output, targets[image])
-            scores = scores.reshape(num_images, channels)
-            if self.weights == "probability":
-                weights = torch.where(not_flat.reshape(num_images, channels), scores, torch.zeros_like(scores))
-            else:
-                weights = F.softmax(scores, dim=1)
-            return F.relu((weights[:, :, None, None] * activations).sum(1, keepdim=True))
+    @torch.no_grad()
+    def channel_weights(self, model: nn.Module, x: torch.Tensor, layer_pass: LayerPass) -> torch.Tensor:
+        activations, targets = layer_pass.activations, layer_pass.targets
+        num_images, channels = activations.shape[:2]
+        score = "probability" if self.weights == "probability" else "logit"
+        scores = torch.empty(num_images * channels, dtype=x.dtype, device=x.device)
+        not_flat = torch.empty(num_images * channels, dtype=torch.bool, device=x.device)
+        flat_activations = activations.reshape(num_images * channels, *activations.shape[2:])
+        for part in batches(num_images * channels, self.batch_size):
+            image = torch.arange(part.start, part.stop, device=x.device) // channels
+            masks, not_flat[part] = self.channel_masks(flat_activations[part], tuple(x.shape[-2:]))
+            scores[part] = target_scores(model, x[image] * masks, targets[image], score)
+        scores = scores.reshape(num_images, channels)
+        if self.weights == "probability":
+            return torch.where(not_flat.reshape(num_images, channels), scores, torch.zeros_like(scores))
+        return F.softmax(scores, dim=1)
 
 
 @register("group-cam")
@@ -258,8 +125,7 @@ class GroupCAM(Explainer):
 
     def attribute(self, model: nn.Module, x: torch.Tensor, target: TargetLike = None) -> torch.Tensor:
         check_blur_fits(tuple(x.shape[-2:]), self.blur_kernel)
-        layer = resolve_layer(model, self.layer)
-        activations, gradients, _, targets = activations_and_gradients(model, layer, x, target)
+        activations, gradients, _, targets = activations_and_gradients(model, x, self.layer, target)
         channel_weights = gradients.mean(dim=(2, 3), keepdim=True)
         masks = F.relu(group_sums(channel_weights * activations, self.groups))
         size = tuple(x.shape[-2:])
@@ -310,7 +176,7 @@ class RISE(Explainer):
         if not 0 < settings["p"] <= 1:
             raise ValueError(f"p (probability of a grid cell being kept) must lie in (0, 1], got {settings['p']!r}")
         self.p = float(settings["p"])
-        self.score = check_choice(settings["score"], ("probability", "logit"), "score")
+        self.score = check_choice(settings["score"], TARGET_SCORES, "score")
         if not isinstance(seed, int):
             raise TypeError(f"seed must be an int, got {type(seed).__name__}")
         self.seed = seed
@@ -359,9 +225,6 @@ class RISE(Explainer):
                 last = (part.stop - 1) // num_images + 1
                 masks = self.render_masks(grids[first:last], shifts[first:last], up_size, size)
                 masks = masks[mask_index - first]
-                output = model(x[image] * masks)
-                if self.score == "probability":
-                    output = F.softmax(output, dim=-1)
-                weights = select_scores(output, targets[image])
+                weights = target_scores(model, x[image] * masks, targets[image], self.score)
                 saliency.index_add_(0, image, weights[:, None, None, None] * masks)
         return saliency / (self.num_masks * self.p)

@@ -25,8 +25,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from xaiimg.methods.base import Explainer, TargetLike, batches, register, resolve_targets, select_scores
-from xaiimg.ops import upsample
+from xaiimg.methods.base import Explainer, check_positive_int, register
+from xaiimg.nn import TargetLike, explicit_targets, select_scores
+from xaiimg.ops import batches, upsample
 
 BORDER_MODES = ("flush", "drop")
 
@@ -123,8 +124,7 @@ class SlidingWindow(Explainer):
             raise ValueError(f"start must be non-negative, got {start!r}")
         if smoothing_cutoff is not None and not smoothing_cutoff > 0:
             raise ValueError(f"smoothing_cutoff must be positive or None, got {smoothing_cutoff!r}")
-        if not isinstance(batch_size, int) or batch_size < 1:
-            raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+        check_positive_int(batch_size, "batch_size")
         if border not in BORDER_MODES:
             raise ValueError(f"border must be one of {BORDER_MODES}, got {border!r}")
         self.smoothing_cutoff = smoothing_cutoff
@@ -159,9 +159,8 @@ class SlidingWindow(Explainer):
             with torch.no_grad():
                 logits = model(inputs)
             if targets is None:
-                # explicit targets: only the class count of ``logits`` is read
                 targets = (torch.full((batch,), -1, dtype=torch.long, device=x.device) if target is None
-                           else resolve_targets(target, logits.new_zeros(batch, logits.shape[-1])))
+                           else explicit_targets(target, batch, logits.shape[-1], logits.device))
             images = torch.tensor([image for image, _ in jobs], device=x.device)
             is_full = torch.tensor([index == 0 for _, index in jobs], device=x.device)
             if target is None and is_full.any():

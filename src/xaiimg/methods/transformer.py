@@ -30,8 +30,8 @@ from typing import Iterator
 import torch
 from torch import nn
 
-from xaiimg.methods.base import (Explainer, TargetLike, frozen_parameters, preserved_state, register, resolve_targets,
-                                 select_scores)
+from xaiimg.methods.base import Explainer, register
+from xaiimg.nn import TargetLike, frozen_parameters, preserved_state, resolve_targets, select_scores
 
 SEED_EPS = 1e-12
 

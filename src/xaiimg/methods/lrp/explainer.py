@@ -7,8 +7,9 @@ from typing import Iterator
 import torch
 from torch import nn
 
-from xaiimg.methods.base import Explainer, TargetLike, frozen_parameters, register, resolve_targets
+from xaiimg.methods.base import Explainer, register
 from xaiimg.methods.lrp.composites import COMPOSITES, Composite, make_composite
+from xaiimg.nn import TargetLike, frozen_parameters, resolve_targets
 
 
 def unit_range_bounds(model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
