@@ -7,8 +7,9 @@ import scipy.stats
 import torch
 import torch.nn.functional as F
 
-from xaiimg.methods.base import Explainer, select_scores
+from xaiimg.methods.base import Explainer
 from xaiimg.metrics import model_randomisation, randomisable_layers, spearman_correlation, ssim
+from xaiimg.nn import select_scores
 
 
 class Gradient(Explainer):

@@ -6,8 +6,8 @@ from typing import Callable, Sequence
 import torch
 from torch import nn
 
-from xaiimg.methods.base import batches, check_target_range, num_classes_of, resolve_targets
-from xaiimg.ops import check_images, upsample
+from xaiimg.nn import check_target_range, num_classes_of, resolve_targets
+from xaiimg.ops import batches, check_images, upsample
 
 
 def prepare_saliency(saliency: torch.Tensor, x: torch.Tensor, name: str = "saliency") -> torch.Tensor:

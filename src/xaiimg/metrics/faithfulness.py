@@ -24,7 +24,7 @@ from xaiimg.metrics._common import (check_metric_inputs, original_logits_and_tar
                                     score_jobs)
 from xaiimg.metrics.registry import register_metric
 from xaiimg.metrics.results import MetricResult
-from xaiimg.methods.base import preserved_state
+from xaiimg.nn import preserved_state
 from xaiimg.ops import gaussian_blur, stable_descending_order
 
 Canvas = Callable[[torch.Tensor], torch.Tensor]

@@ -19,7 +19,7 @@ from xaiimg.metrics._common import (as_index_tensor, check_metric_inputs, forwar
                                     prepare_saliency, score_jobs)
 from xaiimg.metrics.registry import register_metric
 from xaiimg.metrics.results import MetricResult
-from xaiimg.methods.base import preserved_state
+from xaiimg.nn import preserved_state
 from xaiimg.ops import stable_descending_order
 
 CHEFER_FRACTIONS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)

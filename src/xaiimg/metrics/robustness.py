@@ -19,7 +19,8 @@ from xaiimg.metrics._common import (check_maps, check_metric_inputs, forward_in_
                                     resolve_explainer)
 from xaiimg.metrics.registry import register_metric
 from xaiimg.metrics.results import MetricResult
-from xaiimg.methods.base import batches, frozen_parameters, preserved_state, resolve_targets
+from xaiimg.nn import frozen_parameters, preserved_state, resolve_targets
+from xaiimg.ops import batches
 
 
 def uniform_linf_noise(shape: torch.Size, radius: float, samples: int, generator: torch.Generator,

@@ -20,30 +20,11 @@ from xaiimg.metrics._common import (check_maps, check_metric_inputs, forward_in_
                                     resolve_explainer)
 from xaiimg.metrics.registry import register_metric
 from xaiimg.metrics.results import MetricResult
-from xaiimg.methods.base import preserved_state, resolve_targets
-from xaiimg.ops import minmax_normalize
+from xaiimg.nn import preserved_state, resolve_targets
+from xaiimg.ops import minmax_normalize, spearman_correlation
 
 
 # --------------------------------------------------------------------------------------------- similarity
-def average_ranks(values: torch.Tensor) -> torch.Tensor:
-    """Ranks ``0..n-1`` along the last dim, ties given their mean rank (as ``scipy.stats.rankdata``, minus 1)."""
-    sorted_values = values.sort(dim=-1).values.contiguous()
-    values = values.contiguous()
-    first = torch.searchsorted(sorted_values, values, right=False)
-    last = torch.searchsorted(sorted_values, values, right=True) - 1
-    return (first + last).double() / 2
-
-
-def spearman_correlation(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Spearman's rank correlation per sample ``[B]`` of ``[B,...]`` tensors: Pearson correlation of the average
-    ranks (``scipy.stats.spearmanr``). NaN when a map is constant."""
-    ranks_a = average_ranks(a.reshape(a.shape[0], -1).double())
-    ranks_b = average_ranks(b.reshape(b.shape[0], -1).double())
-    ranks_a = ranks_a - ranks_a.mean(dim=1, keepdim=True)
-    ranks_b = ranks_b - ranks_b.mean(dim=1, keepdim=True)
-    return (ranks_a * ranks_b).sum(1) / (ranks_a.norm(dim=1) * ranks_b.norm(dim=1))
-
-
 def ssim(a: torch.Tensor, b: torch.Tensor, data_range: float = 1.0, win_size: int = 7) -> torch.Tensor:
     """Mean structural similarity per sample ``[B]`` of ``[B,1,H,W]`` maps (Wang et al. 2004), as
     ``skimage.metrics.structural_similarity(a, b, data_range=data_range)`` with its defaults: a ``7x7`` uniform
