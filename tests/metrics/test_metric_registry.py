@@ -74,7 +74,7 @@ def test_needs_declared():
 def test_unknown_metric_suggests_close_names():
     with pytest.raises(ValueError, match=r"'insertion-delection'; did you mean \['insertion-deletion'\]"):
         get_metric("insertion-delection")
-    with pytest.raises(ValueError, match=r"unknown metric 'zzz' \(available: insertion-deletion, "):
+    with pytest.raises(ValueError, match=r"unknown metric 'zzz' \(available: boundary-f-score, energy-pointing-game, insertion-deletion, "):
         get_metric("zzz")
     with pytest.raises(TypeError, match="registered name"):
         get_metric(insertion_deletion)
