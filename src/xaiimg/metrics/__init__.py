@@ -33,8 +33,8 @@ from xaiimg.metrics.perturbation import CHEFER_FRACTIONS, PerturbationResult, po
 from xaiimg.metrics.registry import Metric, available_metrics, get_metric, register_metric
 from xaiimg.metrics.results import MetricResult
 from xaiimg.metrics.robustness import SensitivityResult, max_sensitivity
-from xaiimg.metrics.sanity import (RandomisationResult, model_randomisation, randomisable_layers, spearman_correlation,
-                                   ssim)
+from xaiimg.metrics.sanity import RandomisationResult, model_randomisation, randomisable_layers, ssim
+from xaiimg.ops import spearman_correlation
 
 __all__ = [
     "BoundaryResult", "EnergyPointingResult", "boundary_f_score", "energy_pointing_game", "CHEFER_FRACTIONS", "PROTOCOLS", "InsertionDeletionProtocol", "InsertionDeletionResult", "Metric", "MetricResult",
