@@ -28,7 +28,7 @@ from pathlib import Path
 import torch
 
 import xaiimg as xi
-from xaiimg.methods.base import frozen_parameters
+from xaiimg.nn import frozen_parameters
 from xaiimg.methods.sliding_window import SlidingWindow
 
 OUT = Path(__file__).resolve().parent / "out" / "bench_sliding_window.json"

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from xaiimg.methods import Explainer, available_methods, get_method
-from xaiimg.methods.base import resolve_targets, select_scores
+from xaiimg.nn import resolve_targets, select_scores
 from xaiimg.models.aesthetic import AestheticModel, attention_modules
 from xaiimg.studies.aesthetic import (cam_with_without_attention, class_activation_maps, feature_maps_by_stage,
                                       lrp_through_attention, positive_relevance, subject_focus_study,

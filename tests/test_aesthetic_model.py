@@ -17,8 +17,8 @@ from xaiimg.data.images import load_image
 from xaiimg.models.aesthetic import (AestheticModel, ChannelAttention, DualAttention, PositionAttention,
                                      attention_detached, load_aesthetic, save_checkpoint)
 from xaiimg.studies.aesthetic import load_ava_run, load_composition_run, train_on_ava
-from xaiimg.training.aesthetic import (TrainingOutputs, average_ranks, emd_loss, rank_correlation, score_metrics,
-                                       train_aesthetic)
+from xaiimg.ops import average_ranks
+from xaiimg.training.aesthetic import TrainingOutputs, emd_loss, rank_correlation, score_metrics, train_aesthetic
 
 from aesthetic_nets import TinyBackbone
 
@@ -229,7 +229,7 @@ def test_score_metrics_golden_values():
     assert metrics["plcc"] == pytest.approx(float((pc * tc).sum() / (pc.norm() * tc.norm())))
     assert metrics["accuracy"] == pytest.approx(0.5)      # >= 5: F,F,T,T vs F,T,F,T
     assert metrics["mse"] == pytest.approx((1 + 1 + 4 + 1) / 4)
-    assert average_ranks(torch.tensor([3.0, 1.0, 3.0, 2.0])).tolist() == [3.5, 1.0, 3.5, 2.0]
+    assert average_ranks(torch.tensor([3.0, 1.0, 3.0, 2.0])).tolist() == [2.5, 0.0, 2.5, 1.0]
     assert score_metrics(torch.tensor([1.0, 1.0, 2.0]), torch.tensor([1.0, 2.0, 3.0]))["srcc"] == pytest.approx(
         math.sqrt(3) / 2)                                   # ranks 1.5,1.5,3 vs 1,2,3
 

@@ -16,10 +16,6 @@ from torch import nn
 from xaiimg.nn import TargetLike, check_target_range, num_classes_of, preserved_state
 from xaiimg.ops import check_images, minmax_normalize, upsample
 
-# Re-exports for code that still imports these from their old home (studies/aesthetic.py, benchmarks/,
-# tests/test_aesthetic_analysis.py); new code imports them from xaiimg.nn and xaiimg.ops.
-from xaiimg.nn import capture_outputs, frozen_parameters, resolve_layer, resolve_targets, select_scores  # noqa: F401
-from xaiimg.ops import batches  # noqa: F401
 
 _REGISTRY: dict[str, type["Explainer"]] = {}
 

@@ -26,9 +26,9 @@ from torch import nn
 
 from xaiimg.data.ava import NUM_BINS, AVADataset, mean_score, read_ava_labels, split_by_ids
 from xaiimg.data.composition import CompositionConfig, make_composition_set
-from xaiimg.methods.base import (Explainer, TargetLike, capture_outputs, preserved_state, resolve_layer,
-                                 resolve_targets)
+from xaiimg.methods.base import Explainer
 from xaiimg.models.aesthetic import AestheticModel, ScoreHead, attention_detached, load_aesthetic
+from xaiimg.nn import TargetLike, capture_outputs, preserved_state, resolve_layer, resolve_targets
 from xaiimg.ops import check_images, minmax_normalize, upsample
 from xaiimg.studies.runs import VARIANTS, AestheticRun
 from xaiimg.training.aesthetic import cache_features, evaluate_aesthetic, train_aesthetic
@@ -164,7 +164,7 @@ def subject_focus_study(model_attention: nn.Module, model_plain: nn.Module, x: t
     """
     from scipy.stats import wilcoxon
 
-    from xaiimg.methods.base import batches
+    from xaiimg.ops import batches
 
     shares = {"attention": [], "plain": []}
     for part in batches(len(x), batch_size):

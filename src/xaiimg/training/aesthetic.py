@@ -20,6 +20,7 @@ from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 from xaiimg.data.ava import NUM_BINS, mean_score
 from xaiimg.models.aesthetic import AestheticModel, save_checkpoint
+from xaiimg.ops import average_ranks
 
 
 # ------------------------------------------------------------------------------------------ objectives
@@ -39,19 +40,9 @@ def aesthetic_loss(logits: torch.Tensor, target: torch.Tensor, score_weight: flo
     return emd_loss(predicted, target) + score_weight * F.mse_loss(mean_score(predicted), mean_score(target))
 
 
-def average_ranks(values: torch.Tensor) -> torch.Tensor:
-    """Ranks 1..N of a 1-D tensor, ties sharing their average rank (float64)."""
-    order = torch.argsort(values, stable=True)
-    _, group, counts = torch.unique_consecutive(values[order], return_inverse=True, return_counts=True)
-    ends = counts.cumsum(0)
-    group_rank = (ends - counts + ends + 1).double() / 2   # mean of positions start+1 .. end
-    ranks = torch.empty(values.shape, dtype=torch.float64, device=values.device)
-    ranks[order] = group_rank[group]
-    return ranks
-
-
 def rank_correlation(a: torch.Tensor, b: torch.Tensor) -> float:
-    """Spearman's rank correlation (SRCC): Pearson correlation of average ranks."""
+    """Spearman's rank correlation (SRCC): Pearson correlation of average ranks (0 for a constant input, where
+    :func:`xaiimg.ops.spearman_correlation` gives NaN)."""
     return linear_correlation(average_ranks(a.flatten()), average_ranks(b.flatten()))
 
 
