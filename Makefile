@@ -3,12 +3,15 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: repro test env browser
+.PHONY: repro test lint env browser
 repro: env  ## rebuild every figure and table (default offline profile)
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/dvc repro
 
-test: env browser  ## unit tests, golden values, cross-checks, the dashboard in a browser, notebooks under nbval
+test: lint browser  ## lint, then unit tests, golden values, cross-checks, the dashboard in a browser, notebooks under nbval
 	$(BIN)/python -m pytest
+
+lint: env  ## ruff (pyflakes, pycodestyle, isort, pyupgrade) over the package, tests, scripts, benchmarks, notebooks
+	$(BIN)/ruff check .
 
 env: $(VENV)/.installed
 

@@ -32,8 +32,8 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=8)
     args = parser.parse_args()
 
-    from captum.attr import LayerAttribution, LayerGradCam
     import pytorch_grad_cam
+    from captum.attr import LayerAttribution, LayerGradCam
     from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
     model = xi.load_model("efficientnet_lite0")

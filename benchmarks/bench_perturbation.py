@@ -25,10 +25,10 @@ import torch
 import torch.nn.functional as F
 
 import xaiimg as xi
-from xaiimg.methods.perturbation_base import scaled_sizes
-from xaiimg.nn import capture_outputs, frozen_parameters, select_scores
 from xaiimg.methods.msgcam import MSGCAM
 from xaiimg.methods.perturbation import GroupCAM, ScoreCAM
+from xaiimg.methods.perturbation_base import scaled_sizes
+from xaiimg.nn import capture_outputs, frozen_parameters, select_scores
 
 OUT = Path(__file__).resolve().parent / "out" / "bench_perturbation.json"
 

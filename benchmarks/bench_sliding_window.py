@@ -28,8 +28,8 @@ from pathlib import Path
 import torch
 
 import xaiimg as xi
-from xaiimg.nn import frozen_parameters
 from xaiimg.methods.sliding_window import SlidingWindow
+from xaiimg.nn import frozen_parameters
 
 OUT = Path(__file__).resolve().parent / "out" / "bench_sliding_window.json"
 SAMPLES = ["chelsea", "coffee", "astronaut", "rocket", "motorcycle"]

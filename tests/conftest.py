@@ -48,7 +48,8 @@ class TinyCNN(nn.Module):
     def __init__(self, seed: int = 0, num_classes: int = 5):
         super().__init__()
         generator = torch.Generator().manual_seed(seed)
-        self.features = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.Conv2d(4, 6, 3, padding=1), nn.ReLU())
+        self.features = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(),
+                                      nn.Conv2d(4, 6, 3, padding=1), nn.ReLU())
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.classifier = nn.Linear(6, num_classes)
         with torch.no_grad():

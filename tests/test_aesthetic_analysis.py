@@ -5,16 +5,21 @@ import math
 
 import pytest
 import torch
+from aesthetic_nets import TinyBackbone
 
 from xaiimg.methods import Explainer, available_methods, get_method
-from xaiimg.nn import resolve_targets, select_scores
 from xaiimg.models.aesthetic import AestheticModel, attention_modules
-from xaiimg.studies.aesthetic import (cam_with_without_attention, class_activation_maps, feature_maps_by_stage,
-                                      lrp_through_attention, positive_relevance, subject_focus_study,
-                                      subject_mass_share)
-
-from aesthetic_nets import TinyBackbone
+from xaiimg.nn import resolve_targets, select_scores
 from xaiimg.ops import minmax_normalize, upsample
+from xaiimg.studies.aesthetic import (
+    cam_with_without_attention,
+    class_activation_maps,
+    feature_maps_by_stage,
+    lrp_through_attention,
+    positive_relevance,
+    subject_focus_study,
+    subject_mass_share,
+)
 
 
 def tiny(attention=True, seed=0, dtype=torch.float32):

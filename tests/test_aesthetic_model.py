@@ -7,6 +7,7 @@ import math
 
 import pytest
 import torch
+from aesthetic_nets import TinyBackbone
 from torch import nn
 from torch.utils.data import TensorDataset
 
@@ -14,13 +15,18 @@ from xaiimg.cli import main
 from xaiimg.data.ava import read_ava_txt
 from xaiimg.data.composition import CompositionConfig, make_composition_set
 from xaiimg.data.images import load_image
-from xaiimg.models.aesthetic import (AestheticModel, ChannelAttention, DualAttention, PositionAttention,
-                                     attention_detached, load_aesthetic, save_checkpoint)
-from xaiimg.studies.aesthetic import load_ava_run, load_composition_run, train_on_ava
+from xaiimg.models.aesthetic import (
+    AestheticModel,
+    ChannelAttention,
+    DualAttention,
+    PositionAttention,
+    attention_detached,
+    load_aesthetic,
+    save_checkpoint,
+)
 from xaiimg.ops import average_ranks
+from xaiimg.studies.aesthetic import load_ava_run, load_composition_run, train_on_ava
 from xaiimg.training.aesthetic import TrainingOutputs, emd_loss, rank_correlation, score_metrics, train_aesthetic
-
-from aesthetic_nets import TinyBackbone
 
 
 def tiny_model(attention=True, aggregation="concat", seed=0, init_scale=0.0, dtype=torch.float32):

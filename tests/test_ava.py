@@ -7,8 +7,15 @@ import pytest
 import torch
 from torchvision import transforms
 
-from xaiimg.data.ava import (AVADataset, AVARecord, mean_score, read_ava_json, read_ava_txt, split_by_ids,
-                             vote_distribution)
+from xaiimg.data.ava import (
+    AVADataset,
+    AVARecord,
+    mean_score,
+    read_ava_json,
+    read_ava_txt,
+    split_by_ids,
+    vote_distribution,
+)
 
 VALID = ("1 953619 0 1 5 17 38 36 15 6 5 1 1 22 1396\n"
          "2 953958 10 7 15 26 26 21 10 0 0 0 0 0 1396   \n"   # trailing spaces, as in real files

@@ -44,8 +44,9 @@ def test_explain_writes_grid_and_maps(images, tmp_path, capsys):
 
 def test_evaluate_and_compare_tables(images, tmp_path):
     out = tmp_path / "eval"
-    assert main(["compare", str(images / "coffee.png"), "--method", "grad-cam", "--param", "grad-cam.layer=\"blocks.6\"",
-                 "--protocol", "groupcam", "--out", str(out), "--formats", "png", "--store", str(tmp_path / "runs")]) == 0
+    assert main(["compare", str(images / "coffee.png"), "--method", "grad-cam", "--param",
+                 "grad-cam.layer=\"blocks.6\"", "--protocol", "groupcam", "--out", str(out), "--formats", "png",
+                 "--store", str(tmp_path / "runs")]) == 0
     assert _listing(out) == ["saliency_grid.png", "scores.csv", "scores.json", "scores.tex", "scores_per_image.csv"]
     rows = list(csv.DictReader((out / "scores.csv").open()))
     assert rows[0]["method"] == "grad-cam" and 0 <= float(rows[0]["insertion_auc"]) <= 1

@@ -6,8 +6,16 @@ import math
 import pytest
 import torch
 
-from xaiimg.data.composition import (CompositionConfig, Scene, gaussian_votes, make_composition_set, render_scene,
-                                     scene_score, scene_terms, shape_mask)
+from xaiimg.data.composition import (
+    CompositionConfig,
+    Scene,
+    gaussian_votes,
+    make_composition_set,
+    render_scene,
+    scene_score,
+    scene_terms,
+    shape_mask,
+)
 from xaiimg.models.zoo import ModelSpec
 
 CONFIG = CompositionConfig(size=64)

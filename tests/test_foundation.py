@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -111,6 +110,7 @@ class _WritesAFile:
 
 def test_user_checkpoint_loads_state_dict(tmp_path):
     import torchvision
+
     from xaiimg.models import load_checkpoint_model
 
     reference = torchvision.models.resnet18(num_classes=7)

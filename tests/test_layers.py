@@ -38,7 +38,8 @@ def imports(module: str, source: str) -> list[tuple[str, str | None, int]]:
             base = ".".join(parts + ([node.module] if node.module else []))
             for alias in node.names:
                 submodule = f"{base}.{alias.name}"
-                found.append((submodule, None, node.lineno) if submodule in MODULES else (base, alias.name, node.lineno))
+                found.append((submodule, None, node.lineno) if submodule in MODULES
+                             else (base, alias.name, node.lineno))
     return found
 
 

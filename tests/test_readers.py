@@ -8,8 +8,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from xaiimg.data.readers import (COCOInstances, DatasetLayoutError, ImageNetSegmentation, ImageNetVal,
-                                 VOCDetection, VOC_CLASSES)
+from xaiimg.data.readers import (
+    VOC_CLASSES,
+    COCOInstances,
+    DatasetLayoutError,
+    ImageNetSegmentation,
+    ImageNetVal,
+    VOCDetection,
+)
 
 WNIDS = [f"n{index:08d}" for index in range(1000)]
 

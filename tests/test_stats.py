@@ -5,8 +5,14 @@ import numpy as np
 import pytest
 import torch
 
-from xaiimg.stats import (bootstrap_mean, normal_interval_halfwidth, paired_bootstrap, paired_difference,
-                          sign_flip_test, wilcoxon_signed_rank)
+from xaiimg.stats import (
+    bootstrap_mean,
+    normal_interval_halfwidth,
+    paired_bootstrap,
+    paired_difference,
+    sign_flip_test,
+    wilcoxon_signed_rank,
+)
 
 
 def test_constant_values_have_a_zero_width_interval():

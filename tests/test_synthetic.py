@@ -8,9 +8,16 @@ import numpy as np
 import pytest
 import torch
 
-from xaiimg.data.synthetic import (CROSS_HALF_WIDTH, RING_INNER_RADIUS, SHAPES, STAR_INNER_RADIUS, SyntheticBenchmark,
-                                   SyntheticSet, shape_mask)
 from xaiimg.cli import main
+from xaiimg.data.synthetic import (
+    CROSS_HALF_WIDTH,
+    RING_INNER_RADIUS,
+    SHAPES,
+    STAR_INNER_RADIUS,
+    SyntheticBenchmark,
+    SyntheticSet,
+    shape_mask,
+)
 from xaiimg.models.synthetic import build_synthetic_model, load_synthetic_model, save_checkpoint
 from xaiimg.training.classification import TrainConfig, fit, predict
 

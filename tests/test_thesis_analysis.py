@@ -6,8 +6,16 @@ import torch
 
 from xaiimg.compare import explain_methods
 from xaiimg.metrics.results import MetricResult
-from xaiimg.studies.thesis import (centre_baseline, edge_map, imagenet_subset, pointing_table, segmentation_table,
-                                   setting_differences, streamed_segmentation_table, table_rows)
+from xaiimg.studies.thesis import (
+    centre_baseline,
+    edge_map,
+    imagenet_subset,
+    pointing_table,
+    segmentation_table,
+    setting_differences,
+    streamed_segmentation_table,
+    table_rows,
+)
 
 
 def test_centre_baseline_peaks_in_the_middle():
@@ -68,8 +76,8 @@ def test_explain_methods_times_each_method(tiny_cnn):
 def test_streamed_segmentation_table_equals_the_one_shot_table_on_an_imagenet_segmentation_file(tmp_path, tiny_cnn):
     """Chunks of 2 images through ImageNetSegmentation.resized give exactly the table of all maps at once."""
     import numpy as np
-
     from test_readers import _write_gtsegs
+
     from xaiimg.data.readers import ImageNetSegmentation
 
     rng = np.random.default_rng(0)
@@ -148,6 +156,7 @@ def voc_pointing(tmp_path):
     quarter of the image, with a distractor); a cat whose only box is PASCAL-difficult (left out); a small car
     alone (not difficult: no distractor)."""
     from test_readers import _voc_xml
+
     from xaiimg.data.readers import VOCDetection
 
     voc = tmp_path / "VOCdevkit" / "VOC2007"
@@ -171,8 +180,8 @@ def test_streamed_pointing_game_on_voc_equals_per_entry_explanations(voc_pointin
     """Every (image, class present) entry explained for its class on the whole (uncropped) image and scored at
     the image's size; all-difficult classes left out; difficult flags by Zhang et al.'s definition."""
     import xaiimg as xi
-    from xaiimg.studies.thesis import class_regions, streamed_pointing_table, uncropped_input
     from xaiimg.metrics import pointing_game
+    from xaiimg.studies.thesis import class_regions, streamed_pointing_table, uncropped_input
 
     model = make_tiny_cnn(20)
     methods = {"grad-cam": {}, "gradient": {}}
@@ -204,8 +213,9 @@ def test_streamed_pointing_game_on_coco_and_bad_settings(tmp_path, voc_pointing,
     """COCO: one entry per category present (union of its instances); a model whose classes are not the
     dataset's, an empty count and a non-pointing dataset are refused."""
     from test_readers import _coco_fixture
-    from xaiimg.studies.thesis import streamed_pointing_table
+
     from xaiimg.data.readers import COCOInstances
+    from xaiimg.studies.thesis import streamed_pointing_table
 
     coco = COCOInstances(_coco_fixture(tmp_path)[0])
     rows, results = streamed_pointing_table(make_tiny_cnn(3), coco, {"grad-cam": {}}, presets=("torchray",))

@@ -16,8 +16,8 @@ _LAZY_ATTRIBUTES = {
     "explain": ("xaiimg.methods", "explain"),
     "available_methods": ("xaiimg.methods", "available_methods"),
 }
-_LAZY_SUBMODULES = {"models", "methods", "metrics", "data", "ops", "nn", "passes", "stats", "viz", "report", "cli", "training",
-                    "studies"}
+_LAZY_SUBMODULES = {"models", "methods", "metrics", "data", "ops", "nn", "passes", "stats", "viz", "report", "cli",
+                    "training", "studies"}
 
 
 def __getattr__(name):

@@ -17,9 +17,10 @@ import os
 import shutil
 import sys
 import tempfile
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any
 
 EXIT_USAGE = 2
 DEFAULT_MODEL = "efficientnet_lite0"

@@ -29,14 +29,20 @@ import ipywidgets as w
 import torch
 from PIL import Image
 
-from xaiimg.compare import (EXPERIMENT_METRICS, Experiment, explain_methods, method_parameters, open_model,
-                            run_experiment)
+from xaiimg.compare import (
+    EXPERIMENT_METRICS,
+    Experiment,
+    explain_methods,
+    method_parameters,
+    open_model,
+    run_experiment,
+)
 from xaiimg.data import ImageFolder, decode_image, sample_images, sample_names
 from xaiimg.methods import available_methods
 from xaiimg.metrics import PROTOCOLS as INSERTION_DELETION_PROTOCOLS
 from xaiimg.models import available_models, top_k
 from xaiimg.report import ResultsStore, RunRecord, write_atomic
-from xaiimg.viz import method_grid, save_figure, saliency_segment
+from xaiimg.viz import method_grid, saliency_segment, save_figure
 
 CHECKPOINT = "user checkpoint…"
 HIDDEN_METHODS = {"sliding-window"}

@@ -7,8 +7,9 @@ in torch on the input's device.
 from __future__ import annotations
 
 import difflib
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from typing import Iterator, NamedTuple, Sequence
+from typing import NamedTuple
 
 import torch
 from torch import nn

@@ -5,7 +5,7 @@ xaiimg. Everything stays in torch on the input's device and dtype.
 """
 from __future__ import annotations
 
-from typing import Iterator
+from collections.abc import Iterator
 
 import torch
 import torch.nn.functional as F

@@ -1,9 +1,9 @@
 """Count model passes (DESIGN.md, "Performance principles"): tests assert the counts, benchmarks report them."""
 from __future__ import annotations
 
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Iterator
 
 import torch
 from torch import nn

@@ -46,7 +46,8 @@ def notebook_parameters(name: str, params: dict[str, Any], declared: set[str]) -
     if profile == "full":
         missing = [key for key, value in params.get("datasets", {}).items() if value is None]
         if missing:
-            raise ValueError(f"profile 'full' needs dataset paths in params.yaml datasets.{missing} (see data/README.md)")
+            raise ValueError(f"profile 'full' needs dataset paths in params.yaml datasets.{missing} "
+                             "(see data/README.md)")
     context = {"profile": profile, "datasets": params.get("datasets", {})}
     values.update({key: value for key, value in context.items() if key in declared})
     return values

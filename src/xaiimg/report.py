@@ -15,11 +15,12 @@ import platform
 import re
 import stat
 import uuid
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any
 
 VERSIONED_PACKAGES = ("xaiimg", "torch", "torchvision", "timm", "captum", "numpy")
 
@@ -191,7 +192,7 @@ class RunRecord:
     parameters: dict[str, Any]
     metrics: dict[str, Any]
     versions: dict[str, str] = field(default_factory=package_versions)
-    time: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="microseconds"))
+    time: str = field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="microseconds"))
     run_id: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
     schema_version: int = RECORD_SCHEMA_VERSION
 

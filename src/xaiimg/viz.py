@@ -7,8 +7,8 @@ Images are ``[3,H,W]`` tensors or ``HxWx3`` arrays in [0,1]; maps ``[1,H,W]``/``
 """
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Mapping, Sequence
 
 import numpy as np
 

@@ -36,10 +36,23 @@ from torch import nn
 from xaiimg.methods.lrp import LRP
 
 zennit = pytest.importorskip("zennit")
-from zennit.canonizers import AttributeCanonizer, CompositeCanonizer, MergeBatchNorm, NamedMergeBatchNorm  # noqa: E402
-from zennit.canonizers import SequentialMergeBatchNorm  # noqa: E402
-from zennit.composites import (EpsilonAlpha2Beta1, EpsilonAlpha2Beta1Flat, EpsilonGammaBox, EpsilonPlus,  # noqa: E402
-                               EpsilonPlusFlat, LayerMapComposite, SpecialFirstLayerMapComposite, layer_map_base)
+from zennit.canonizers import (  # noqa: E402
+    AttributeCanonizer,
+    CompositeCanonizer,
+    MergeBatchNorm,
+    NamedMergeBatchNorm,
+    SequentialMergeBatchNorm,  # noqa: E402
+)
+from zennit.composites import (  # noqa: E402
+    EpsilonAlpha2Beta1,
+    EpsilonAlpha2Beta1Flat,
+    EpsilonGammaBox,
+    EpsilonPlus,
+    EpsilonPlusFlat,
+    LayerMapComposite,
+    SpecialFirstLayerMapComposite,
+    layer_map_base,
+)
 from zennit.layer import Sum  # noqa: E402
 from zennit.rules import AlphaBeta, Epsilon, Norm, ZBox, ZPlus  # noqa: E402
 from zennit.torchvision import ResNetBasicBlockCanonizer, ResNetBottleneckCanonizer  # noqa: E402

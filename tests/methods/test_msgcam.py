@@ -10,14 +10,13 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from tiny_nets import strided_cnn
 from torch import nn
 
 from xaiimg.methods.msgcam import MSGCAM, upsampled_mean
 from xaiimg.methods.perturbation_base import multiscale_passes, scaled_sizes
 from xaiimg.ops import gaussian_blur
 from xaiimg.passes import count_passes
-
-from tiny_nets import strided_cnn
 
 
 def images(batch: int) -> torch.Tensor:

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from tiny_nets import strided_cnn
 from torch import nn
 
 from xaiimg.methods.cameras import CAMERAS
@@ -19,8 +20,6 @@ from xaiimg.methods.perturbation import RISE, GroupCAM, ScoreCAM
 from xaiimg.methods.perturbation_base import group_sums, multiscale_passes, percentile_denoise
 from xaiimg.ops import gaussian_blur
 from xaiimg.passes import count_passes
-
-from tiny_nets import strided_cnn
 
 
 def images(batch: int, size: int = 32, dtype=torch.float64, seed: int = 2) -> torch.Tensor:

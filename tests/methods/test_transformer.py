@@ -8,8 +8,14 @@ import torch.nn.functional as F
 from torch import nn
 
 import xaiimg
-from xaiimg.methods.transformer import (AttentionGradCAM, AttentionRollout, PartialLRP, TransformerAttribution,
-                                        ViTLRP, vit_trace)
+from xaiimg.methods.transformer import (
+    AttentionGradCAM,
+    AttentionRollout,
+    PartialLRP,
+    TransformerAttribution,
+    ViTLRP,
+    vit_trace,
+)
 
 
 def tiny_vit(seed: int = 0, zero_biases: bool = False) -> nn.Module:

@@ -6,9 +6,19 @@ import pytest
 import torch
 
 from xaiimg.compare import EXPERIMENT_METRICS, score_images
-from xaiimg.metrics import (InsertionDeletionResult, MetricResult, available_metrics, get_metric, insertion_deletion,
-                            max_sensitivity, model_randomisation, pointing_game, positive_negative_perturbation,
-                            register_metric, segmentation_scores)
+from xaiimg.metrics import (
+    InsertionDeletionResult,
+    MetricResult,
+    available_metrics,
+    get_metric,
+    insertion_deletion,
+    max_sensitivity,
+    model_randomisation,
+    pointing_game,
+    positive_negative_perturbation,
+    register_metric,
+    segmentation_scores,
+)
 from xaiimg.metrics.registry import CATEGORIES
 
 PAPER_METRICS = {"insertion-deletion": "faithfulness", "positive-negative-perturbation": "faithfulness",
@@ -74,7 +84,8 @@ def test_needs_declared():
 def test_unknown_metric_suggests_close_names():
     with pytest.raises(ValueError, match=r"'insertion-delection'; did you mean \['insertion-deletion'\]"):
         get_metric("insertion-delection")
-    with pytest.raises(ValueError, match=r"unknown metric 'zzz' \(available: boundary-f-score, energy-pointing-game, insertion-deletion, "):
+    with pytest.raises(ValueError, match=r"unknown metric 'zzz' \(available: boundary-f-score, "
+                                         r"energy-pointing-game, insertion-deletion, "):
         get_metric("zzz")
     with pytest.raises(TypeError, match="registered name"):
         get_metric(insertion_deletion)

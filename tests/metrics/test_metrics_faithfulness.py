@@ -78,7 +78,8 @@ def test_partial_last_step_and_region_not_multiple_of_step():
     region = region.view(1, size, size)
     jitter = torch.rand(1, 1, size, size, generator=generator, dtype=torch.float64)
     saliency = region.double().unsqueeze(1) + 0.01 * jitter
-    protocol = InsertionDeletionProtocol("custom", insertion_canvas=zeros_canvas, deletion_canvas=zeros_canvas, step=step)
+    protocol = InsertionDeletionProtocol("custom", insertion_canvas=zeros_canvas, deletion_canvas=zeros_canvas,
+                                         step=step)
     result = insertion_deletion(RegionKeptModel(x0, region), x0, saliency, protocol=protocol)
     num_steps = math.ceil(size * size / step)  # 11, last step has 400 - 370 = 30 pixels
     expected = np.array([min(i * step, region_pixels) / region_pixels for i in range(num_steps + 1)])

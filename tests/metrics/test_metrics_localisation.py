@@ -5,8 +5,14 @@ import numpy as np
 import pytest
 import torch
 
-from xaiimg.metrics import (PointingGame, SegmentationScores, average_precision, boxes_to_mask, pointing_game,
-                            segmentation_scores)
+from xaiimg.metrics import (
+    PointingGame,
+    SegmentationScores,
+    average_precision,
+    boxes_to_mask,
+    pointing_game,
+    segmentation_scores,
+)
 
 
 def peak_map(size: int, row: int, col: int) -> torch.Tensor:
@@ -24,7 +30,8 @@ def single_pixel_mask(size: int, row: int, col: int) -> torch.Tensor:
 @pytest.mark.parametrize("offset, hit", [((0, 15), False), ((9, 12), False), ((10, 11), True), ((0, 14), True),
                                          ((0, 0), True)])
 def test_torchray_tolerance_boundary(offset, hit):
-    """Hit iff the ground truth meets the open disk of radius 15 px: sqrt(221) = 14.87 hits, 15 = sqrt(81+144) misses."""
+    """Hit iff the ground truth meets the open disk of radius 15 px: sqrt(221) = 14.87 hits, 15 = sqrt(81+144)
+    misses."""
     result = pointing_game(peak_map(64, 20, 20), single_pixel_mask(64, 20 + offset[0], 20 + offset[1]))
     assert result.hits.tolist() == [hit]
     assert result.points.tolist() == [[20, 20]]

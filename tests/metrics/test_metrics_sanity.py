@@ -122,7 +122,8 @@ def test_cross_check_quantus_mprt(tiny_cnn):
         metric = quantus.MPRT(similarity_func=quantus.similarity_func.correlation_spearman, layer_order=order,
                               seed=42, abs=absolute, normalise=False, disable_warnings=True)
         scores = metric(model=model, x_batch=x.numpy(), y_batch=targets.numpy(), a_batch=None, channel_first=True,
-                        explain_func=lambda model, inputs, targets, **_: signed_gradient(model, inputs, targets).numpy(),
+                        explain_func=lambda model, inputs, targets, **_: signed_gradient(model, inputs,
+                                                                                           targets).numpy(),
                         device="cpu")
         ours = model_randomisation(model, signed_gradient, x, target=targets.tolist(), mode=mode, seed=43,
                                    absolute=absolute)

@@ -9,11 +9,12 @@ from pathlib import Path
 import pytest
 import torch
 import torchvision
-
 from aesthetic_nets import TinyBackbone
+
 from xaiimg.models import CheckpointError, load_checkpoint_model, load_model
 from xaiimg.models.aesthetic import AestheticModel, load_aesthetic
-from xaiimg.models.synthetic import build_synthetic_model, load_synthetic_model, save_checkpoint as save_synthetic
+from xaiimg.models.synthetic import build_synthetic_model, load_synthetic_model
+from xaiimg.models.synthetic import save_checkpoint as save_synthetic
 
 
 class WritesAFile:

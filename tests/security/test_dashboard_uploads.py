@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import io
 import json
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -23,7 +23,7 @@ def _png_bytes(size=(40, 30), colour=(10, 200, 30)) -> bytes:
 
 def _upload(app: ComparisonDashboard, name: str, content: bytes) -> None:
     app.upload.value = ({"name": name, "type": "image/png", "size": len(content), "content": memoryview(content),
-                         "last_modified": datetime.now(timezone.utc)},)
+                         "last_modified": datetime.now(UTC)},)
 
 
 def _tree(root: Path) -> dict[str, tuple[int, int]]:

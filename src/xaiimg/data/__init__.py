@@ -5,8 +5,18 @@ package stays light.
 """
 from importlib import import_module
 
-from xaiimg.data.images import (SAMPLES, ImageFolder, ImageLoadError, SampleImage, decode_image,
-                                foolbox_imagenet_samples, load_image, sample_images, sample_names, to_rgb)
+from xaiimg.data.images import (
+    SAMPLES,
+    ImageFolder,
+    ImageLoadError,
+    SampleImage,
+    decode_image,
+    foolbox_imagenet_samples,
+    load_image,
+    sample_images,
+    sample_names,
+    to_rgb,
+)
 
 _LAZY = {
     "DatasetLayoutError": "xaiimg.data.readers",
@@ -19,8 +29,8 @@ _LAZY = {
     "SyntheticSet": "xaiimg.data.synthetic",
 }
 
-__all__ = ["SAMPLES", "ImageFolder", "ImageLoadError", "SampleImage", "decode_image", "foolbox_imagenet_samples", "load_image", "sample_images",
-           "sample_names", "to_rgb", *_LAZY]
+__all__ = ["SAMPLES", "ImageFolder", "ImageLoadError", "SampleImage", "decode_image", "foolbox_imagenet_samples",
+           "load_image", "sample_images", "sample_names", "to_rgb", *_LAZY]
 
 
 def __getattr__(name):

@@ -11,9 +11,9 @@ Images are ``<images_dir>/<image_id>.jpg``.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable, Sequence
 
 import torch
 from torch.utils.data import Dataset

@@ -5,10 +5,10 @@ import csv
 import io
 import re
 import warnings
+from collections.abc import Mapping
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
-from typing import Mapping
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -195,7 +195,8 @@ def foolbox_imagenet_samples() -> ImageFolder:
     try:
         distribution = metadata.distribution("foolbox")
     except metadata.PackageNotFoundError:
-        raise FileNotFoundError("the labelled ImageNet samples ship in the foolbox wheel: pip install foolbox") from None
+        raise FileNotFoundError("the labelled ImageNet samples ship in the foolbox wheel: pip install foolbox") \
+            from None
     labels = {Path(distribution.locate_file(file)): int(match.group(1)) for file in distribution.files or []
               if file.parent.as_posix() == "foolbox/data" and (match := FOOLBOX_IMAGENET_NAME.fullmatch(file.name))}
     if not labels:
@@ -221,5 +222,6 @@ def _read_labels(path: Path) -> dict[str, int]:
             try:
                 labels[row[0]] = int(row[1])
             except (IndexError, ValueError):
-                raise ValueError(f"{path}:{line_number}: expected 'file,label' with an integer label, got {row}") from None
+                raise ValueError(f"{path}:{line_number}: expected 'file,label' with an integer label, "
+                                 f"got {row}") from None
     return labels

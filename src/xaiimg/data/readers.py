@@ -424,7 +424,7 @@ class ImageNetSegmentation:
             self._file.close()
             self._file = None
 
-    def __enter__(self) -> "ImageNetSegmentation":
+    def __enter__(self) -> ImageNetSegmentation:
         return self
 
     def __exit__(self, *exc) -> None:

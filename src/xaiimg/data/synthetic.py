@@ -27,7 +27,7 @@ from __future__ import annotations
 import colorsys
 import pickle
 from dataclasses import dataclass, field
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 
 import numpy as np
@@ -102,7 +102,7 @@ def shape_mask(shape: str, size: int, cx: float, cy: float, radius: float, angle
 
 
 # -------------------------------------------------------------------------------------------- textures
-@lru_cache(maxsize=None)
+@cache
 def _texture(name: str) -> np.ndarray:
     """A texture photograph from ``skimage.data`` as float ``HxW`` (grayscale) or ``HxWx3`` in [0, 1]."""
     from skimage import data
@@ -193,7 +193,7 @@ class SyntheticSet:
     def __len__(self) -> int:
         return len(self.labels)
 
-    def __getitem__(self, index) -> "SyntheticSet":
+    def __getitem__(self, index) -> SyntheticSet:
         """A subset (``index``: int, slice, index tensor or bool tensor), still a :class:`SyntheticSet`."""
         if isinstance(index, int):
             index = slice(index, index + 1 if index != -1 else None)
@@ -240,7 +240,7 @@ class SyntheticSet:
         return path
 
     @classmethod
-    def load(cls, path: str | Path) -> "SyntheticSet":
+    def load(cls, path: str | Path) -> SyntheticSet:
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"synthetic benchmark file not found: {path} (write one with SyntheticSet.save)")

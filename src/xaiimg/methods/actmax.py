@@ -7,8 +7,8 @@ model's normalised input space (zero = the normalisation mean, the paper's zero 
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import torch
 from torch import nn

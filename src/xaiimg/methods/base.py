@@ -8,7 +8,8 @@ Model helpers (targets, layers, hooks, layer passes, model state) live in :mod:`
 """
 from __future__ import annotations
 
-from typing import Callable, ClassVar
+from collections.abc import Callable
+from typing import ClassVar
 
 import torch
 from torch import nn
@@ -16,11 +17,10 @@ from torch import nn
 from xaiimg.nn import TargetLike, check_target_range, num_classes_of, preserved_state
 from xaiimg.ops import check_images, minmax_normalize, upsample
 
+_REGISTRY: dict[str, type[Explainer]] = {}
 
-_REGISTRY: dict[str, type["Explainer"]] = {}
 
-
-def register(name: str) -> Callable[[type["Explainer"]], type["Explainer"]]:
+def register(name: str) -> Callable[[type[Explainer]], type[Explainer]]:
     """Class decorator: make a method available by ``name`` in :func:`xaiimg.explain`, params.yaml and the CLI."""
 
     def decorate(cls: type[Explainer]) -> type[Explainer]:
@@ -33,7 +33,7 @@ def register(name: str) -> Callable[[type["Explainer"]], type["Explainer"]]:
     return decorate
 
 
-def registry() -> dict[str, type["Explainer"]]:
+def registry() -> dict[str, type[Explainer]]:
     """Registered methods, name -> class (filled as their modules are imported)."""
     return _REGISTRY
 

@@ -4,15 +4,20 @@ MSG-CAM).
 """
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from xaiimg.methods.base import Explainer, check_choice, check_positive_int, register
-from xaiimg.methods.perturbation_base import (NO_SCALE_POLICIES, check_scales, multiscale_passes, scale_weights,
-                                              scaled_sizes)
+from xaiimg.methods.perturbation_base import (
+    NO_SCALE_POLICIES,
+    check_scales,
+    multiscale_passes,
+    scale_weights,
+    scaled_sizes,
+)
 from xaiimg.nn import TargetLike
 from xaiimg.ops import upsample
 

@@ -19,16 +19,23 @@ ReLUs must be ``nn.ReLU`` / ``nn.ReLU6`` modules (as for Captum's ``Deconvolutio
 """
 from __future__ import annotations
 
+from collections.abc import Iterator, Sequence
 from contextlib import ExitStack, contextmanager
-from typing import Iterator, Sequence
 
 import torch
 from torch import nn
 
 from xaiimg.methods.base import register
 from xaiimg.methods.input_attribution_base import ChannelReduced
-from xaiimg.nn import (TargetLike, forward_to, frozen_parameters, preserved_state, resolve_layer, resolve_targets,
-                       select_scores)
+from xaiimg.nn import (
+    TargetLike,
+    forward_to,
+    frozen_parameters,
+    preserved_state,
+    resolve_layer,
+    resolve_targets,
+    select_scores,
+)
 
 RECTIFIED = (nn.ReLU, nn.ReLU6)
 

@@ -12,9 +12,17 @@ import torch.nn.functional as F
 from torch import nn
 
 from xaiimg.methods.base import Explainer, check_choice, check_percentile, check_positive_int, register
-from xaiimg.methods.perturbation_base import (COMBINE_MODES, NO_SCALE_POLICIES, check_blur_fits, group_score_map,
-                                              group_sums, multiscale_passes, percentile_denoise, scale_weights,
-                                              scaled_sizes)
+from xaiimg.methods.perturbation_base import (
+    COMBINE_MODES,
+    NO_SCALE_POLICIES,
+    check_blur_fits,
+    group_score_map,
+    group_sums,
+    multiscale_passes,
+    percentile_denoise,
+    scale_weights,
+    scaled_sizes,
+)
 from xaiimg.nn import TargetLike
 from xaiimg.ops import upsample
 

@@ -13,8 +13,16 @@ from torch import nn
 
 from xaiimg.methods.base import Explainer, check_choice, check_percentile, check_positive_int, register
 from xaiimg.methods.cam_base import ChannelWeightedCAM
-from xaiimg.methods.perturbation_base import (COMBINE_MODES, DENOISE_MODES, TARGET_SCORES, check_blur_fits,
-                                              group_score_map, group_sums, percentile_denoise, target_scores)
+from xaiimg.methods.perturbation_base import (
+    COMBINE_MODES,
+    DENOISE_MODES,
+    TARGET_SCORES,
+    check_blur_fits,
+    group_score_map,
+    group_sums,
+    percentile_denoise,
+    target_scores,
+)
 from xaiimg.nn import LayerPass, TargetLike, activations_and_gradients, resolve_targets
 from xaiimg.ops import MINMAX_EPS, batches, minmax_normalize, upsample
 

@@ -8,7 +8,7 @@ scored under ``torch.no_grad``.
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F

@@ -24,8 +24,8 @@ rules, and relevance flows into ``Q`` and ``K`` through the softmax. Here every 
 """
 from __future__ import annotations
 
+from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
-from typing import Iterator
 
 import torch
 from torch import nn

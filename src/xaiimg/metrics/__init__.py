@@ -23,12 +23,24 @@ an argument (the localisation metrics do not run the model) still takes it in it
 :func:`available_metrics` lists the names; each :class:`Metric` declares its scores' directions
 (``higher_is_better``), ``category``, ``paper`` and ``per_image`` (scores each image from the maps alone).
 """
-from xaiimg.metrics.detail import (BoundaryResult, EnergyPointingResult, boundary_f_score,
-                                   energy_pointing_game)
-from xaiimg.metrics.faithfulness import (PROTOCOLS, InsertionDeletionProtocol, InsertionDeletionResult,
-                                         insertion_deletion, trapezoid_auc)
-from xaiimg.metrics.localisation import (PointingGame, PointingGameResult, SegmentationResult, SegmentationScores,
-                                         average_precision, boxes_to_mask, pointing_game, segmentation_scores)
+from xaiimg.metrics.detail import BoundaryResult, EnergyPointingResult, boundary_f_score, energy_pointing_game
+from xaiimg.metrics.faithfulness import (
+                                   PROTOCOLS,
+                                   InsertionDeletionProtocol,
+                                   InsertionDeletionResult,
+                                   insertion_deletion,
+                                   trapezoid_auc,
+)
+from xaiimg.metrics.localisation import (
+                                   PointingGame,
+                                   PointingGameResult,
+                                   SegmentationResult,
+                                   SegmentationScores,
+                                   average_precision,
+                                   boxes_to_mask,
+                                   pointing_game,
+                                   segmentation_scores,
+)
 from xaiimg.metrics.perturbation import CHEFER_FRACTIONS, PerturbationResult, positive_negative_perturbation
 from xaiimg.metrics.registry import Metric, available_metrics, get_metric, register_metric
 from xaiimg.metrics.results import MetricResult
@@ -37,7 +49,8 @@ from xaiimg.metrics.sanity import RandomisationResult, model_randomisation, rand
 from xaiimg.ops import spearman_correlation
 
 __all__ = [
-    "BoundaryResult", "EnergyPointingResult", "boundary_f_score", "energy_pointing_game", "CHEFER_FRACTIONS", "PROTOCOLS", "InsertionDeletionProtocol", "InsertionDeletionResult", "Metric", "MetricResult",
+    "BoundaryResult", "EnergyPointingResult", "boundary_f_score", "energy_pointing_game", "CHEFER_FRACTIONS",
+    "PROTOCOLS", "InsertionDeletionProtocol", "InsertionDeletionResult", "Metric", "MetricResult",
     "PerturbationResult", "PointingGame", "PointingGameResult", "RandomisationResult", "SegmentationResult",
     "SegmentationScores", "SensitivityResult", "available_metrics", "average_precision", "boxes_to_mask",
     "get_metric", "insertion_deletion", "max_sensitivity", "model_randomisation", "pointing_game",

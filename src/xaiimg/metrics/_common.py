@@ -1,7 +1,7 @@
 """Input checks and model-scoring loops shared by the metrics."""
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import nn

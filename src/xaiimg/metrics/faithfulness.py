@@ -13,15 +13,15 @@ Higher insertion AUC and lower deletion AUC are better; ``overall = insertion - 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable, ClassVar
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from xaiimg.metrics._common import (check_metric_inputs, original_logits_and_targets, prepare_saliency,
-                                    score_jobs)
+from xaiimg.metrics._common import check_metric_inputs, original_logits_and_targets, prepare_saliency, score_jobs
 from xaiimg.metrics.registry import register_metric
 from xaiimg.metrics.results import MetricResult
 from xaiimg.nn import preserved_state

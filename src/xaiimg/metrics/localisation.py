@@ -6,8 +6,9 @@ batches of images of any size; :func:`pointing_game` and :func:`segmentation_sco
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import ClassVar, Sequence
+from typing import ClassVar
 
 import torch
 

@@ -9,14 +9,21 @@ is normalised again. Each point scores top-1 correctness against the class predi
 """
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Callable, ClassVar, Sequence
+from typing import ClassVar
 
 import torch
 from torch import nn
 
-from xaiimg.metrics._common import (as_index_tensor, check_metric_inputs, forward_in_chunks, one_per_sample,
-                                    prepare_saliency, score_jobs)
+from xaiimg.metrics._common import (
+    as_index_tensor,
+    check_metric_inputs,
+    forward_in_chunks,
+    one_per_sample,
+    prepare_saliency,
+    score_jobs,
+)
 from xaiimg.metrics.registry import register_metric
 from xaiimg.metrics.results import MetricResult
 from xaiimg.nn import preserved_state

@@ -8,14 +8,14 @@ category, its paper, and what it needs beyond ``(model, inputs, saliency)``: an 
 from __future__ import annotations
 
 import difflib
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 from xaiimg.metrics.results import MetricResult
 
 CATEGORIES = ("faithfulness", "localisation", "sanity", "robustness")
 
-_REGISTRY: dict[str, "Metric"] = {}
+_REGISTRY: dict[str, Metric] = {}
 
 
 @dataclass(frozen=True)

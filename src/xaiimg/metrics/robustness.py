@@ -15,8 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from xaiimg.metrics._common import (check_maps, check_metric_inputs, forward_in_chunks,
-                                    resolve_explainer)
+from xaiimg.metrics._common import check_maps, check_metric_inputs, forward_in_chunks, resolve_explainer
 from xaiimg.metrics.registry import register_metric
 from xaiimg.metrics.results import MetricResult
 from xaiimg.nn import frozen_parameters, preserved_state, resolve_targets

@@ -9,15 +9,15 @@ keeps similarity 1.
 from __future__ import annotations
 
 import copy
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import ClassVar, Sequence
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from xaiimg.metrics._common import (check_maps, check_metric_inputs, forward_in_chunks,
-                                    resolve_explainer)
+from xaiimg.metrics._common import check_maps, check_metric_inputs, forward_in_chunks, resolve_explainer
 from xaiimg.metrics.registry import register_metric
 from xaiimg.metrics.results import MetricResult
 from xaiimg.nn import preserved_state, resolve_targets

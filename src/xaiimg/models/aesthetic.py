@@ -24,16 +24,15 @@ zoo backbone only its trained parts. Training is in :mod:`xaiimg.training.aesthe
 """
 from __future__ import annotations
 
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator, Sequence
 
 import torch
 from torch import nn
 
 from xaiimg.data.ava import NUM_BINS, mean_score
-from xaiimg.models.zoo import (CheckpointError, ModelSpec, attach_spec, load_model, read_checkpoint,
-                               state_dict_mismatch)
+from xaiimg.models.zoo import CheckpointError, ModelSpec, attach_spec, load_model, read_checkpoint, state_dict_mismatch
 
 BACKBONES = ("efficientnet_lite0", "efficientnet_lite2")
 
@@ -233,7 +232,7 @@ class AestheticModel(nn.Module):
         """Predicted mean score ``[B]`` in ``[1,10]``."""
         return mean_score(self.distribution(x))
 
-    def as_score_model(self) -> "ScoreHead":
+    def as_score_model(self) -> ScoreHead:
         return ScoreHead(self)
 
     def freeze_backbone(self, trainable: Sequence[str] = ()) -> None:

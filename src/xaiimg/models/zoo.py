@@ -12,9 +12,10 @@ import importlib
 import os
 import pickle
 import re
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -67,8 +68,8 @@ class ModelSpec:
 
     def preprocess(self, images) -> torch.Tensor:
         """``[B,3,H,W]`` model input from a PIL image, an image path, an ``HxWx3`` uint8 array, or a list of them."""
-        from PIL import Image
         import numpy as np
+        from PIL import Image
 
         from xaiimg.data.images import load_image, to_rgb
 
@@ -131,7 +132,8 @@ def verify_sha256_prefix(path: Path) -> None:
         raise ValueError(f"weights file name {path.name} carries no sha256 prefix to verify")
     digest = hashlib.sha256(path.read_bytes()).hexdigest()
     if not digest.startswith(match.group(1)):
-        raise ValueError(f"weights file {path} is corrupt: sha256 {digest[:12]}... does not start with {match.group(1)}")
+        raise ValueError(f"weights file {path} is corrupt: sha256 {digest[:12]}... does not start with "
+                         f"{match.group(1)}")
 
 
 def load_state_dict_in_order(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
@@ -142,7 +144,8 @@ def load_state_dict_in_order(model: nn.Module, state: dict[str, torch.Tensor]) -
     mapped = {}
     for (name, reference), (source_name, value) in zip(target.items(), state.items()):
         if reference.shape != value.shape:
-            raise ValueError(f"shape mismatch in order: {source_name} {tuple(value.shape)} -> {name} {tuple(reference.shape)}")
+            raise ValueError(f"shape mismatch in order: {source_name} {tuple(value.shape)} -> {name} "
+                             f"{tuple(reference.shape)}")
         mapped[name] = value
     model.load_state_dict(mapped)
 

@@ -10,16 +10,23 @@ from __future__ import annotations
 
 import functools
 import time
+from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
-from typing import Sequence
 
 import torch
 from torch import nn
 
 from xaiimg.data.synthetic import SyntheticBenchmark
-from xaiimg.models.synthetic import (CNN_LAYERS, KINDS, VIT_CONFIG, VIT_STEM, build_synthetic_model,
-                                     load_synthetic_model, save_checkpoint)
+from xaiimg.models.synthetic import (
+    CNN_LAYERS,
+    KINDS,
+    VIT_CONFIG,
+    VIT_STEM,
+    build_synthetic_model,
+    load_synthetic_model,
+    save_checkpoint,
+)
 from xaiimg.studies.runs import SyntheticRun
 from xaiimg.training.classification import TrainConfig, fit, predict
 

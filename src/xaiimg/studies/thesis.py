@@ -6,14 +6,24 @@ objects come along for curves and per-sample values.
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 
 from xaiimg.compare import build_explainer
-from xaiimg.metrics import (MetricResult, PointingGame, SegmentationScores, insertion_deletion, max_sensitivity,
-                            model_randomisation, pointing_game, positive_negative_perturbation, segmentation_scores)
+from xaiimg.metrics import (
+    MetricResult,
+    PointingGame,
+    SegmentationScores,
+    insertion_deletion,
+    max_sensitivity,
+    model_randomisation,
+    pointing_game,
+    positive_negative_perturbation,
+    segmentation_scores,
+)
 from xaiimg.ops import minmax_normalize
 
 # TorchRay's published pointing-game accuracies (all / difficult), quoted in PROTOCOLS.md.

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from typing import Callable
 
 import torch
 from torch import nn
@@ -68,14 +68,17 @@ def fit(model: nn.Module, images_uint8: torch.Tensor, labels: torch.Tensor, conf
     eval mode.
     """
     if images_uint8.dtype != torch.uint8 or images_uint8.ndim != 4:
-        raise ValueError(f"images must be a [N,3,H,W] uint8 tensor, got {tuple(images_uint8.shape)} {images_uint8.dtype}")
+        raise ValueError(f"images must be a [N,3,H,W] uint8 tensor, got {tuple(images_uint8.shape)} "
+                         f"{images_uint8.dtype}")
     if len(labels) != len(images_uint8):
         raise ValueError(f"{len(images_uint8)} images but {len(labels)} labels")
     generator = torch.Generator().manual_seed(config.seed)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     loss_function = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
     steps_per_epoch = math.ceil(len(labels) / config.batch_size)
-    total_steps = config.epochs * steps_per_epoch if max_steps is None else min(max_steps, config.epochs * steps_per_epoch)
+    total_steps = config.epochs * steps_per_epoch
+    if max_steps is not None:
+        total_steps = min(max_steps, total_steps)
     losses: list[float] = []
     start, cpu_start = time.perf_counter(), time.process_time()
     model.train()

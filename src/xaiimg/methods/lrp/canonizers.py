@@ -15,8 +15,9 @@ of ``a + b`` splits the relevance ``(a + b) * c`` into ``a * c`` and ``b * c``, 
 """
 from __future__ import annotations
 
+from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 from torch import nn
@@ -65,7 +66,8 @@ def _after_norm(batch_norm: nn.Module):
             return x
 
         return dropout_activation
-    raise ValueError(f"cannot merge {type(batch_norm).__name__}: unknown children {list(dict(batch_norm.named_children()))}")
+    children = list(dict(batch_norm.named_children()))
+    raise ValueError(f"cannot merge {type(batch_norm).__name__}: unknown children {children}")
 
 
 def merged_parameters(linear: nn.Module, batch_norm: _BatchNorm) -> tuple[torch.Tensor, torch.Tensor]:

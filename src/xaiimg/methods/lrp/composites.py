@@ -31,9 +31,9 @@ its own parameters (e.g. DANet's scalar ``gamma``) are then plain products handl
 """
 from __future__ import annotations
 
+from collections.abc import Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
-from typing import Iterator, Sequence
 
 import torch
 from torch import nn
@@ -115,7 +115,7 @@ class Composite:
                 "`detach_attention` flag")
 
     @contextmanager
-    def context(self, model: nn.Module, model_input: torch.Tensor) -> Iterator["Attribution"]:
+    def context(self, model: nn.Module, model_input: torch.Tensor) -> Iterator[Attribution]:
         """Apply canonizers and rule hooks; everything is removed and restored on exit, also on error.
         Raises before changing anything if a module with parameters has no rule."""
         assigned = self.rules(model)

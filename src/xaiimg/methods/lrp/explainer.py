@@ -1,8 +1,8 @@
 """The LRP explainer: ``xaiimg.explain("lrp", model, x, composite="epsilon-gamma-box")``."""
 from __future__ import annotations
 
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Iterator
 
 import torch
 from torch import nn

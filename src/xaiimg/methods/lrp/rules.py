@@ -21,10 +21,10 @@ propagation: an overview"; Andeol et al. 2021 for the generalised gamma rule).
 """
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from functools import partial
 from types import SimpleNamespace
-from typing import Callable, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -260,8 +260,8 @@ class Gamma(Rule):
     negative input parts: ``z_pos = A x+ + B x- + b + gamma b+``, ``z_neg = B x+ + A x- + b + gamma b-``,
     ``g_pos = [z>0] R / z_pos``, ``g_neg = [z<0] R / z_neg``, ``c_in = d z_pos/dx g_pos + d z_neg/dx g_neg``.
 
-    Computed with one modified product instead of four (two for signed inputs). With ``z = w x + b`` from the forward pass and
-    ``u = w+ |x| + w x- + b+`` (``u = w+ x + b+`` when ``x >= 0``), ``z_pos = z + gamma u`` and
+    Computed with one modified product instead of four (two for signed inputs). With ``z = w x + b`` from the forward
+    pass and ``u = w+ |x| + w x- + b+`` (``u = w+ x + b+`` when ``x >= 0``), ``z_pos = z + gamma u`` and
     ``z_neg = z + gamma (z - u)``, so ``c_in = w^T (g_pos + (1 + gamma) g_neg) + du/dx^T gamma (g_pos - g_neg)``:
     the first term is the layer's own backward, the second the graph of ``u``. As in :class:`AlphaBeta`,
     ``c_in`` where ``x == 0`` is left unspecified (the relevance there is 0).
