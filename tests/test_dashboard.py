@@ -163,3 +163,18 @@ def test_voila_dashboard_in_headless_chromium(voila_server, tmp_path):
     assert [row["data"] for row in rows] == [
         "sample:coffee", f"upload:{next((runs / 'uploads').iterdir()).name} (<img src=x onerror=console.error(1)>.png)"]
     assert all(row["method"] == ", ".join(METHODS) for row in rows)
+
+
+def test_voila_json_culls_closed_pages_and_serves_the_offline_template():
+    """What `voila notebooks/07_comparison_dashboard.ipynb` reads from the repository root (the browser test above
+    shortens the same culling to seconds)."""
+    import json
+
+    config = json.loads((REPO_ROOT / "voila.json").read_text())
+    culling = config["MappingKernelManager"]
+    assert culling["cull_idle_timeout"] > 0 and culling["cull_interval"] > 0 and culling["cull_connected"] is False
+    assert config["VoilaConfiguration"]["template"] == "xaiimg"
+    template = REPO_ROOT / "share" / "voila" / "xaiimg"
+    assert json.loads((template / "conf.json").read_text())["base_template"] == "lab"
+    linked = Path(sys.prefix) / "share" / "jupyter" / "voila" / "templates" / "xaiimg"
+    assert linked.resolve() == template.resolve(), "scripts/setup_env.sh links the template into the venv"
