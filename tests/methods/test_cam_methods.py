@@ -267,6 +267,21 @@ def test_cam_equals_grad_cam_up_to_scale_for_gap_linear_heads(lite0_double, lite
                                xi.explain("grad-cam", lite0_double, x, target=[281, 967]), rtol=0, atol=1e-9)
 
 
+def test_lite0_default_layer_has_constant_gradients_and_the_14x14_layer_does_not(lite0_double, lite0_batch):
+    """At ``bn2`` (GAP -> linear follows) the gradient is constant over space, so Grad-CAM, XGrad-CAM and CAM give
+    the same map; at ``blocks.4`` (14x14, the thesis's conv5_4 analogue, docs/PROTOCOLS.md) it is not, and the
+    gradient-weighted variants tell apart."""
+    x = lite0_batch.double()
+    default = activations_and_gradients(lite0_double, x, "bn2", [281, 967], with_gradient=True)
+    assert default.gradients.flatten(2).std(dim=2).max().item() < 1e-12
+    fourteen = activations_and_gradients(lite0_double, x, "blocks.4", [281, 967], with_gradient=True)
+    assert fourteen.activations.shape[-2:] == (14, 14) and fourteen.gradients.flatten(2).std(dim=2).min() > 1e-6
+    at = {layer: {name: xi.explain(name, lite0_double, x, target=[281, 967], layer=layer)
+                  for name in ("grad-cam", "xgrad-cam")} for layer in ("bn2", "blocks.4")}
+    torch.testing.assert_close(at["bn2"]["grad-cam"], at["bn2"]["xgrad-cam"], rtol=0, atol=1e-7)
+    assert (at["blocks.4"]["grad-cam"] - at["blocks.4"]["xgrad-cam"]).abs().flatten(1).max(1).values.min() > 0.1
+
+
 # ------------------------------------------------------------------------------------------------- ViT
 def vit_reshape_transform(tensor, side=14):
     """pytorch-grad-cam's documented ViT transform: drop the CLS token, tokens -> [B,C,14,14]."""
