@@ -33,7 +33,8 @@ def hooks_left(model: nn.Module) -> int:
     return sum(len(m._forward_hooks) + len(m._backward_hooks) + len(m._forward_pre_hooks) for m in model.modules())
 
 
-def msg_cam_reference(model, x, targets, zetas, groups, theta, combine, denoise="input", kernel=51, sigma=50.0):
+def msg_cam_reference(model, x, targets, zetas, groups, theta, combine, denoise="input", kernel=51, sigma=50.0,
+                      image_mode="bicubic", keep_scales="top1", alpha_score="probability"):
     """Literal Algorithm 1, one image, one scale and one group at a time, everything at input size."""
     layer = model.features[3]
     size = x.shape[-2:]
@@ -43,7 +44,7 @@ def msg_cam_reference(model, x, targets, zetas, groups, theta, combine, denoise=
         kept = []
         for t, zeta in enumerate(zetas):
             scaled = image if t == 0 else F.interpolate(
-                image, size=(size[0] * zeta // zetas[0], size[1] * zeta // zetas[0]), mode="bicubic",
+                image, size=(size[0] * zeta // zetas[0], size[1] * zeta // zetas[0]), mode=image_mode,
                 align_corners=False)
             store = {}
             handle = layer.register_forward_hook(lambda _m, _i, output: store.update(a=output))
@@ -55,15 +56,19 @@ def msg_cam_reference(model, x, targets, zetas, groups, theta, combine, denoise=
             up = [F.interpolate(v, size=size, mode="bilinear", align_corners=False) for v in (store["a"], gradient)]
             if t == 0:
                 original = up
-            if int(logits.argmax()) == target:
+            if keep_scales == "all" or int(logits.argmax()) == target:
                 kept.append(up)
         kept = kept or [original]
         activation = sum(k[0] for k in kept) / len(kept)
         gradient = sum(k[1] for k in kept) / len(kept)
         weighted = activation.detach() * gradient.mean(dim=(2, 3), keepdim=True)
         blurred = gaussian_blur(image, kernel, sigma, border="reflect")
+        def score(images):
+            logits = model(images)
+            return (F.softmax(logits, -1) if alpha_score == "probability" else logits)[0, target]
+
         with torch.no_grad():
-            baseline = F.softmax(model(blurred), -1)[0, target]
+            baseline = score(blurred)
         total = torch.zeros(1, 1, *size, dtype=x.dtype)
         for channels in np.array_split(np.arange(weighted.shape[1]), groups):
             mask = F.relu(weighted[:, channels].sum(1, keepdim=True))
@@ -74,8 +79,8 @@ def msg_cam_reference(model, x, targets, zetas, groups, theta, combine, denoise=
                 continue
             normalised = (denoised - denoised.min()) / (denoised.max() - denoised.min())
             with torch.no_grad():
-                probability = F.softmax(model(image * normalised + blurred * (1 - normalised)), -1)[0, target]
-            total += (probability - baseline) * (mask if combine == "raw" else normalised)
+                blended = score(image * normalised + blurred * (1 - normalised))
+            total += (blended - baseline) * (mask if combine == "raw" else normalised)
         maps.append(F.relu(total))
     return torch.cat(maps)
 
@@ -92,6 +97,30 @@ def test_msg_cam_matches_literal_reference(batch, targets, groups, combine, deno
     reference = msg_cam_reference(model, x, targets, [32, 40, 48], groups, theta, combine, denoise)
     assert (reference.flatten(1).abs().sum(1) > 0).all()
     assert torch.allclose(ours, reference, atol=1e-10, rtol=0)
+
+
+@pytest.mark.parametrize("image_mode, keep_scales, alpha_score", [
+    ("bilinear", "top1", "logit"), ("bicubic", "all", "probability"), ("bilinear", "all", "logit")])
+def test_msg_cam_ablation_options_match_the_literal_reference(image_mode, keep_scales, alpha_score):
+    """The thesis's literal settings (bilinear, top-1 rule, pre-softmax F_c) and the ablations beside them."""
+    model = strided_cnn()
+    x = images(3)
+    explainer = MSGCAM(groups=4, batch_size=5, image_mode=image_mode, keep_scales=keep_scales,
+                       alpha_score=alpha_score, **SCALES)
+    ours = explainer(model, x, normalize=False)
+    reference = msg_cam_reference(model, x, [None] * 3, [32, 40, 48], 4, 70.0, "raw", image_mode=image_mode,
+                                  keep_scales=keep_scales, alpha_score=alpha_score)
+    assert (reference.flatten(1).abs().sum(1) > 0).sum() >= 2       # not a comparison of empty maps
+    assert torch.allclose(ours, reference, atol=1e-10, rtol=0)
+    kept = explainer.last_kept_scales
+    assert kept.shape == (3, 3) and kept[:, 0].all() and (kept.all() if keep_scales == "all" else True)
+
+
+def test_msg_cam_records_the_kept_scales_of_each_image():
+    model = strided_cnn()
+    explainer = MSGCAM(groups=8, batch_size=10, **SCALES)
+    explainer(model, images(3), target=MIXED_TARGETS)
+    assert explainer.last_kept_scales.tolist() == [[True, True, False], [False, False, True], [False, False, False]]
 
 
 def test_msg_cam_pass_counts_and_keep_masks():

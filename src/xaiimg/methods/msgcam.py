@@ -15,6 +15,7 @@ from xaiimg.methods.base import Explainer, check_choice, check_percentile, check
 from xaiimg.methods.perturbation_base import (
     COMBINE_MODES,
     NO_SCALE_POLICIES,
+    TARGET_SCORES,
     check_blur_fits,
     group_score_map,
     group_sums,
@@ -25,6 +26,8 @@ from xaiimg.methods.perturbation_base import (
 )
 from xaiimg.nn import TargetLike
 from xaiimg.ops import upsample
+
+KEEP_SCALE_RULES = ("top1", "all")
 
 
 def upsampled_mean(maps: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
@@ -54,15 +57,22 @@ class MSGCAM(Explainer):
        Defaults: zeta_0 = the input height (224 for the zoo models), zeta_max = 800, N = 8, i.e.
        224, 324, ..., 924 at 224 input: the same scales as CAMERAS' ``range(224, 1000, 100)``.
     2. One forward+backward per scale (gradient of the raw target logit); a scale is kept for a sample only
-       if its top-1 there equals the target (target resolved at t = 1). If none is kept:
-       ``on_no_scale="original"`` uses t = 1 alone, ``"error"`` raises.
+       if its top-1 there equals the target (``keep_scales="top1"``, the thesis; target resolved at t = 1) or
+       always (``"all"``, an ablation). If none is kept: ``on_no_scale="original"`` uses t = 1 alone,
+       ``"error"`` raises. After a call, ``last_kept_scales`` ``[B,N]`` (bool) says which scales each image kept
+       (before that fallback): the kept-scale histogram of a run.
     3. A_bar, G_bar = mean over kept scales of the activations / gradients bilinearly upsampled to the input
        size; W_c = spatial mean of G_bar_c; M = A_bar * W.
     4. ``groups`` groups of contiguous channels, M_r = ReLU(group sum); denoise: keep values strictly above
        the ``theta``-th percentile of M_r at input resolution (``denoise="input"``; ``None`` skips it);
        M'_r = minmax. Then Group-CAM's perturbation: I_r = I*M'_r + blur(I)*(1-M'_r), alpha_r =
-       softmax_c(I_r) - softmax_c(blur(I)), map = ReLU(sum_r alpha_r M_r) (``combine="raw"``, as Algorithm 1)
-       or with M'_r (``combine="denoised"``).
+       F_c(I_r) - F_c(blur(I)) with F_c the softmax probability (``alpha_score="probability"``, Group-CAM's
+       alpha) or the pre-softmax score (``"logit"``, the thesis's F_c, sec. 3.2); map = ReLU(sum_r alpha_r M_r)
+       (``combine="raw"``, as Algorithm 1) or with M'_r (``combine="denoised"``).
+
+    The thesis's literal choices are bilinear upsampling (``image_mode="bilinear"``, sec. 3.2), ``"top1"`` and
+    ``alpha_score="logit"``. The defaults are still bicubic and softmax, the settings the committed tables were
+    computed with; they change to the literal ones together with those tables (issue: thesis reproduction).
 
     Upsampling is linear and shared by all channels, so the group sums are formed at each scale's layer
     resolution and only ``groups`` maps per scale are upsampled; W uses :func:`upsampled_mean`. Both equal
@@ -73,7 +83,8 @@ class MSGCAM(Explainer):
     def __init__(self, layer: str | nn.Module | None = None, zeta_0: int | None = None, zeta_max: int = 800,
                  num_scales: int = 8, image_mode: str = "bicubic", groups: int = 32, denoise: str | None = "input",
                  theta: float = 70.0, combine: str = "raw", on_no_scale: str = "original", batch_size: int = 32,
-                 blur_kernel: int = 51, blur_sigma: float = 50.0):
+                 blur_kernel: int = 51, blur_sigma: float = 50.0, keep_scales: str = "top1",
+                 alpha_score: str = "probability"):
         if zeta_0 is not None:
             check_positive_int(zeta_0, "zeta_0")
         if isinstance(zeta_max, bool) or not isinstance(zeta_max, int) or zeta_max < 0:
@@ -95,6 +106,9 @@ class MSGCAM(Explainer):
         self.batch_size = check_positive_int(batch_size, "batch_size")
         self.blur_kernel = blur_kernel
         self.blur_sigma = blur_sigma
+        self.keep_scales = check_choice(keep_scales, KEEP_SCALE_RULES, "keep_scales")
+        self.alpha_score = check_choice(alpha_score, TARGET_SCORES, "alpha_score")
+        self.last_kept_scales: torch.Tensor | None = None
 
     def scales(self, input_height: int) -> list[int]:
         """zeta_t = zeta_0 + floor(zeta_max / N) * (t - 1), t = 1..N."""
@@ -108,6 +122,9 @@ class MSGCAM(Explainer):
         scales = self.scales(size[0])
         sizes = scaled_sizes(size, scales, scales[0])
         activations, gradients, keep, targets = multiscale_passes(model, x, self.layer, sizes, target, self.image_mode)
+        if self.keep_scales == "all":
+            keep = torch.ones_like(keep)
+        self.last_kept_scales = keep.T.cpu()
         if self.groups > activations[0].shape[1]:
             raise ValueError(f"groups={self.groups} exceeds the layer's {activations[0].shape[1]} channels")
         weights = scale_weights(keep, self.on_no_scale, x.dtype)
@@ -119,4 +136,4 @@ class MSGCAM(Explainer):
         masks = F.relu(group_maps)
         denoised = percentile_denoise(masks, self.theta) if self.denoise == "input" else masks
         return group_score_map(model, x, targets, masks, denoised, self.combine, self.batch_size,
-                               self.blur_kernel, self.blur_sigma)
+                               self.blur_kernel, self.blur_sigma, self.alpha_score)

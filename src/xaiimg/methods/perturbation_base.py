@@ -81,12 +81,10 @@ def minmax_per_map(maps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return normalised.reshape(maps.shape), not_flat[..., 0]
 
 
-def blended_probabilities(model: nn.Module, x: torch.Tensor, blurred: torch.Tensor, masks: torch.Tensor,
-                          targets: torch.Tensor, batch_size: int) -> torch.Tensor:
-    """``softmax(model(x*M + blur(x)*(1-M)))[target]`` for every mask of ``masks`` ``[B,R,H,W]`` -> ``[B,R]``.
-
-    The ``B*R`` blended images are built and scored ``batch_size`` at a time.
-    """
+def blended_scores(model: nn.Module, x: torch.Tensor, blurred: torch.Tensor, masks: torch.Tensor,
+                   targets: torch.Tensor, batch_size: int, score: str = "probability") -> torch.Tensor:
+    """The target score (:func:`target_scores`) of ``x*M + blur(x)*(1-M)`` for every mask of ``masks``
+    ``[B,R,H,W]`` -> ``[B,R]``. The ``B*R`` blended images are built and scored ``batch_size`` at a time."""
     num_images, num_masks = masks.shape[:2]
     flat_masks = masks.reshape(num_images * num_masks, 1, *masks.shape[2:])
     scores = torch.empty(num_images * num_masks, dtype=x.dtype, device=x.device)
@@ -95,27 +93,28 @@ def blended_probabilities(model: nn.Module, x: torch.Tensor, blurred: torch.Tens
             image = torch.arange(part.start, part.stop, device=x.device) // num_masks
             mask = flat_masks[part]
             blended = x[image] * mask + blurred[image] * (1 - mask)
-            scores[part] = target_scores(model, blended, targets[image], "probability")
+            scores[part] = target_scores(model, blended, targets[image], score)
     return scores.reshape(num_images, num_masks)
 
 
 def group_score_map(model: nn.Module, x: torch.Tensor, targets: torch.Tensor, masks: torch.Tensor,
                     denoised: torch.Tensor, combine: str, batch_size: int, blur_kernel: int,
-                    blur_sigma: float) -> torch.Tensor:
+                    blur_sigma: float, score: str = "probability") -> torch.Tensor:
     """Score groups by blurred-baseline perturbation and combine them (Group-CAM eq. 4-6; MSG-CAM Alg. 1).
 
     ``masks`` M_r and ``denoised`` (percentile-thresholded M_r, or M_r itself) are ``[B,R,H,W]`` at input size.
     M'_r = minmax(denoised); I_r = I*M'_r + blur(I)*(1-M'_r);
-    alpha_r = softmax_c(I_r) - softmax_c(blur(I)); map = ReLU(sum_r alpha_r * M_r) (``combine="raw"``)
-    or ReLU(sum_r alpha_r * M'_r) (``combine="denoised"``). A flat M'_r gets alpha_r = 0, as the official
-    code skips it. Passes: 1 baseline forward of ``B`` images, ``B*R`` blended images in batches.
+    alpha_r = F_c(I_r) - F_c(blur(I)) with F_c the softmax probability (``score="probability"``, Group-CAM) or the
+    raw logit (``"logit"``); map = ReLU(sum_r alpha_r * M_r) (``combine="raw"``) or ReLU(sum_r alpha_r * M'_r)
+    (``combine="denoised"``). A flat M'_r gets alpha_r = 0, as the official code skips it. Passes: 1 baseline
+    forward of ``B`` images, ``B*R`` blended images in batches.
     """
     normalised, not_flat = minmax_per_map(denoised)
     blurred = gaussian_blur(x, blur_kernel, blur_sigma, border="reflect")
     with torch.no_grad():
-        baseline = target_scores(model, blurred, targets, "probability")
-    probabilities = blended_probabilities(model, x, blurred, normalised, targets, batch_size)
-    alpha = torch.where(not_flat, probabilities - baseline[:, None], torch.zeros_like(probabilities))
+        baseline = target_scores(model, blurred, targets, score)
+    blended = blended_scores(model, x, blurred, normalised, targets, batch_size, score)
+    alpha = torch.where(not_flat, blended - baseline[:, None], torch.zeros_like(blended))
     combined = masks if combine == "raw" else normalised
     return F.relu((alpha[:, :, None, None] * combined).sum(1, keepdim=True))
 
