@@ -148,6 +148,56 @@ def test_pass_counts(tiny64):
     assert log.forwards == 2 * chunks and log.images_forwarded == 2 * jobs
 
 
+class ConstantMap(Explainer):
+    """Test-only wrapped method: the same value everywhere, whatever the input."""
+
+    def __init__(self, value: float):
+        self.value = value
+
+    def attribute(self, model, x, target=None):
+        return torch.full((x.shape[0], 1, *x.shape[-2:]), self.value, dtype=x.dtype)
+
+
+class UniformClassifier(torch.nn.Module):
+    """Equal logits for 4 classes: every window's softmax weight alpha_k is 1/4."""
+
+    def forward(self, x):
+        return x.new_zeros(x.shape[0], 4) + 0 * x.mean()
+
+
+@pytest.mark.parametrize("fusion,expected", [
+    ("literal", lambda n: (0.25 * 2 + 3) * n),        # sum_k alpha s_k + n S0
+    ("normalised", lambda n: 0.25 * 2 + 3 + 0 * n),   # windows averaged, S0 once: constant
+    ("windows", lambda n: 0.25 * 2 * n),
+    ("s0-coverage", lambda n: 3 * n),
+])
+def test_fusions_of_constant_maps_by_hand(fusion, expected):
+    """s_k = 2 and S0 = 3 are constant, alpha_k = 1/4: each fusion is a known function of the coverage n(p);
+    the coverage-normalised one is constant (S0's centre weighting removed)."""
+    window_map, full_map = ConstantMap(2.0), ConstantMap(3.0)
+    method = SlidingWindow(window_map, window=12, stride=4, smoothing_cutoff=None, fusion=fusion,
+                           normalize_wrapped=False)
+    calls = []
+
+    def wrapped_call(model, x, target=None, normalize=True):
+        """S0 = 3 for the full image (the marker), s_k = 2 for every upsampled window."""
+        calls.append(len(x))
+        is_full = torch.stack([(image == marker).all() for image in x]).view(-1, 1, 1, 1)
+        return torch.where(is_full, full_map.attribute(model, x), window_map.attribute(model, x))
+
+    marker = images(1, 24)[0]
+    method.wrapped = wrapped_call
+    out = method.attribute(UniformClassifier(), marker[None])
+    coverage = method.coverage(24, 24).double()
+    torch.testing.assert_close(out[0, 0], expected(coverage), rtol=0, atol=1e-12)
+    assert sum(calls) == (1 if fusion == "s0-coverage" else 17)
+
+
+def test_unknown_fusion_is_named():
+    with pytest.raises(ValueError, match="fusion"):
+        SlidingWindow("grad-cam", fusion="sum")
+
+
 # ------------------------------------------------------------------------------------------- low-pass
 def test_lowpass_constant_stays_constant():
     constant = torch.full((2, 1, 16, 18), 3.25, dtype=torch.float64)

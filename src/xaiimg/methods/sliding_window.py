@@ -11,6 +11,11 @@ For an image ``I`` (``H x W``) and class ``c``:
    ``alpha_k = softmax(f(upsampled crop))_c``.
 4. Fusion (eq. 4-8): ``S' = sum_k place_k(alpha_k * s_k + S0|W_k)``, i.e. every window adds its weighted map and
    the full-image map restricted to the window at the window's place; pixels covered by several windows add up.
+   Taken literally this adds ``S0`` once per covering window, ``n(p)`` times at pixel ``p`` (1..9 at 224/96/32,
+   peaked at the centre): ``S' = sum_k place_k(alpha_k s_k) + n * S0``. ``fusion`` names it and its ablations:
+   ``"literal"`` (default, eq. 4-8), ``"normalised"`` ``(sum_k place_k(alpha_k s_k)) / n + S0`` (windows averaged,
+   ``S0`` once), ``"windows"`` ``sum_k place_k(alpha_k s_k)`` (no ``S0``), and the control ``"s0-coverage"``
+   ``n * S0`` (the centre weighting alone, no window is explained).
 5. Smoothing: ideal low-pass filter in the centred 2-D spectrum, keeping frequencies at distance ``D <= D0``
    (``smoothing_cutoff``) from the centre (:func:`ideal_lowpass`); then min-max (done by ``Explainer.__call__``).
 
@@ -25,11 +30,12 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from xaiimg.methods.base import Explainer, check_positive_int, register
+from xaiimg.methods.base import Explainer, check_choice, check_positive_int, register
 from xaiimg.nn import TargetLike, explicit_targets, select_scores
 from xaiimg.ops import batches, upsample
 
 BORDER_MODES = ("flush", "drop")
+FUSIONS = ("literal", "normalised", "windows", "s0-coverage")
 
 
 def ideal_lowpass(maps: torch.Tensor, cutoff: float) -> torch.Tensor:
@@ -104,12 +110,15 @@ class SlidingWindow(Explainer):
             one scale (raw gradients/relevances of different crops are not comparable); ``False`` fuses raw maps.
             PROTOCOLS.md does not fix this; it is our choice.
         wrapped_params: constructor parameters of the wrapped method when ``wrapped`` is a name.
+        fusion: ``"literal"`` (eq. 4-8, default), ``"normalised"``, ``"windows"`` or the control ``"s0-coverage"``
+            (module docstring, step 4). Pixels no window covers (``border="drop"``) keep ``S0`` once under
+            ``"normalised"``.
     """
 
     def __init__(self, wrapped: str | Explainer, window: int | tuple[int, int] = 96,
                  stride: int | tuple[int, int] = 32, start: tuple[int, int] = (0, 0),
                  smoothing_cutoff: float | None = 35, batch_size: int = 4, border: str = "flush",
-                 normalize_wrapped: bool = True, wrapped_params: dict | None = None):
+                 normalize_wrapped: bool = True, wrapped_params: dict | None = None, fusion: str = "literal"):
         from xaiimg.methods import get_method
 
         self.wrapped = get_method(wrapped, **(wrapped_params or {}))
@@ -131,6 +140,7 @@ class SlidingWindow(Explainer):
         self.batch_size = batch_size
         self.border = border
         self.normalize_wrapped = normalize_wrapped
+        self.fusion = check_choice(fusion, FUSIONS, "fusion")
 
     def windows(self, height: int, width: int) -> list[tuple[int, int]]:
         """Top-left corners ``(row, col)`` of the windows for an ``height x width`` image, in raster order."""
@@ -147,7 +157,7 @@ class SlidingWindow(Explainer):
 
     def attribute(self, model: nn.Module, x: torch.Tensor, target: TargetLike = None) -> torch.Tensor:
         batch, _, height, width = x.shape
-        corners = self.windows(height, width)
+        corners = [] if self.fusion == "s0-coverage" else self.windows(height, width)
         win_h, win_w = self.window
         jobs_per_image = len(corners) + 1  # job 0 of each image is the full image (S0), then its windows
         targets: torch.Tensor | None = None
@@ -176,8 +186,12 @@ class SlidingWindow(Explainer):
                 for (image, index), window_map in zip(window_jobs, window_maps):
                     row, col = corners[index - 1]
                     fused[image, :, row:row + win_h, col:col + win_w] += window_map
-        # sum_k S0|W_k placed at W_k == S0 times the number of windows covering each pixel
-        fused += full_maps * self.coverage(height, width).to(x.device, x.dtype)
+        coverage = self.coverage(height, width).to(x.device, x.dtype)
+        if self.fusion in ("literal", "s0-coverage"):
+            # sum_k S0|W_k placed at W_k == S0 times the number of windows covering each pixel
+            fused += full_maps * coverage
+        elif self.fusion == "normalised":
+            fused = fused / coverage.clamp_min(1) + full_maps
         if self.smoothing_cutoff is not None:
             fused = ideal_lowpass(fused, self.smoothing_cutoff)
         return fused
