@@ -134,6 +134,33 @@ def test_guided_backprop_golden_on_relu_net():
     assert raw(GuidedBackprop("sum"), model, x, 0).flatten().tolist() == [1.0, -1.0]
 
 
+class ReLU6Net(nn.Module):
+    """x [1,1,1,2] -> h = ReLU6(U x) -> S = V h.  U = [[3.5, 0], [0, 1], [1, -1]], V = [[1, 2, -1]].
+    At x = (2, 1): pre-activations (7, 1, 1); unit 0 is saturated (7 > 6: derivative 0), units 1, 2 linear.
+    Gradient: 2*(0, 1) + (-1)*(1, -1) = (-1, 3). Guided: unit 2's negative gradient (-1) is dropped as well,
+    leaving 2*(0, 1) = (0, 2)."""
+
+    def __init__(self, inplace: bool = False):
+        super().__init__()
+        self.hidden, self.out = nn.Linear(2, 3, bias=False), nn.Linear(3, 1, bias=False)
+        self.relu6 = nn.ReLU6(inplace=inplace)
+        with torch.no_grad():
+            self.hidden.weight.copy_(torch.tensor([[3.5, 0.0], [0.0, 1.0], [1.0, -1.0]]))
+            self.out.weight.copy_(torch.tensor([[1.0, 2.0, -1.0]]))
+
+    def forward(self, x):
+        return self.out(self.relu6(self.hidden(x.flatten(1))))
+
+
+@pytest.mark.parametrize("inplace", [False, True])
+def test_guided_backprop_golden_on_relu6_net(inplace):
+    model = ReLU6Net(inplace).double().eval()
+    x = torch.tensor([[[[2.0, 1.0]]]], dtype=torch.float64)
+    assert raw(Gradient("sum"), model, x, 0).flatten().tolist() == [-1.0, 3.0]
+    assert raw(GuidedBackprop("sum"), model, x, 0).flatten().tolist() == [0.0, 2.0]
+    assert all(not m._forward_hooks for m in model.modules())
+
+
 # ---------------------------------------------------------------------------------- Captum equality
 @pytest.fixture(scope="module")
 def lite0_double(lite0):
@@ -184,7 +211,7 @@ def test_equals_captum_on_lite0(name, lite0_double, lite0_batch):
 
 
 def test_guided_backprop_equals_captum_on_resnet18():
-    """Random-init ResNet18 (its activations are nn.ReLU modules; Lite0's ReLU6 are refused, see below)."""
+    """Random-init ResNet18 (its activations are nn.ReLU modules, which Captum's GuidedBackprop modifies)."""
     model = xi.load_model("resnet18", weights=None).double()
     x = torch.randn(2, 3, 64, 64, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
     targets = torch.tensor([5, 10])
@@ -259,9 +286,12 @@ def test_gradient_methods_run_on_vit():
 
 
 # ---------------------------------------------------------------------------------------- bad input
-def test_guided_backprop_refuses_relu6_and_leaves_no_hooks(lite0, lite0_batch):
-    with pytest.raises(ValueError, match="ReLU6"):
-        xi.explain("guided-backprop", lite0, lite0_batch[:1])
+def test_guided_backprop_runs_on_lite0_relu6_and_leaves_no_hooks(lite0, lite0_batch):
+    """EfficientNet-Lite0's activations are ReLU6: guided, not refused; the map differs from the plain gradient."""
+    assert any(isinstance(m, nn.ReLU6) for m in lite0.modules())
+    guided = xi.explain("guided-backprop", lite0, lite0_batch, target=[281, 967])
+    assert guided.shape == (2, 1, 224, 224) and torch.isfinite(guided).all()
+    assert (guided - xi.explain("gradient", lite0, lite0_batch, target=[281, 967])).abs().max() > 0.1
     for module in lite0.modules():
         assert not module._forward_hooks and not module._backward_hooks and not module._forward_pre_hooks
 

@@ -1,5 +1,6 @@
-"""Input-attribution baselines as thin adapters over Captum: gradient, SmoothGrad, Integrated Gradients,
-Guided Backprop, Occlusion.
+"""Input-attribution baselines: gradient, SmoothGrad, Integrated Gradients and Occlusion as thin adapters over
+Captum, and Guided Backprop as rectifier gates of our own (Captum guides only ``nn.ReLU``; EfficientNet-Lite uses
+ReLU6), equal to Captum's on ReLU networks.
 
 Captum returns attributions ``[B,C,H,W]`` per input channel; each method reduces them to one map ``[B,1,H,W]`` by
 ``channel_reduction`` (:mod:`xaiimg.methods.input_attribution_base`: ``"abs-max"`` by default, ``"sum"`` for
@@ -13,7 +14,6 @@ extra prediction forward of the batch (no backward).
 """
 from __future__ import annotations
 
-import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
@@ -75,38 +75,74 @@ class Gradient(ChannelReduced):
 
 @register("guided-backprop")
 class GuidedBackprop(ChannelReduced):
-    """Guided Backpropagation (Springenberg et al., ICLR-W 2015; Captum ``GuidedBackprop``): ReLU backward
-    passes only positive gradients at positive inputs. Captum overrides ``nn.ReLU`` modules only, so a model with
-    other activation modules (ReLU6, SiLU, GELU, ...) is refused rather than half-guided. One forward, one
-    backward."""
+    """Guided Backpropagation (Springenberg et al., ICLR-W 2015): at every rectifier the backward signal is
+    ``R_l = 1[a in its linear range] * max(R_{l+1}, 0)``, i.e. the layer's own derivative times the positive part of
+    the gradient arriving from above (Captum's ``GuidedBackprop`` for ``nn.ReLU``: ``relu(grad_input)``).
+
+    Applied to ``nn.ReLU`` (linear range ``a > 0``) and to the clipped rectifiers ``nn.ReLU6`` and
+    ``nn.Hardtanh(min_val=0)`` (``0 < a < max_val``, where their derivative is 1), so EfficientNet-Lite's ReLU6
+    network is guided too; in-place modules work, the range is read from the module's output. A network with other
+    activations (SiLU, GELU, ...), for which the guided rule is not defined, is refused. One forward, one backward;
+    the gates are forward hooks removed on exit, also on error.
+    """
 
     def input_attributions(self, model, x, target):
-        from captum.attr import GuidedBackprop as CaptumGuidedBackprop
+        rectifiers = [m for m in model.modules() if _linear_range(m) is not None]
+        unsupported = sorted({type(m).__name__ for m in model.modules()
+                              if isinstance(m, _OTHER_ACTIVATIONS) and _linear_range(m) is None})
+        if unsupported or not rectifiers:
+            found = f"it has {', '.join(unsupported)}" if unsupported else "it has no rectifier module"
+            raise ValueError(f"guided-backprop needs a network whose activations are rectifier modules (nn.ReLU, "
+                             f"nn.ReLU6, nn.Hardtanh from 0), but {found}")
+        with _guided(rectifiers):
+            logits = model(x)
+            scores = select_scores(logits, resolve_targets(target, logits))
+            (gradient,) = torch.autograd.grad(scores.sum(), x)
+        return gradient
 
-        unsupported = sorted({type(m).__name__ for m in model.modules() if isinstance(m, _OTHER_ACTIVATIONS)})
-        if unsupported or not any(isinstance(m, nn.ReLU) for m in model.modules()):
-            found = f"it has {', '.join(unsupported)}" if unsupported else "it has no nn.ReLU module"
-            raise ValueError(f"guided-backprop needs a network whose activations are nn.ReLU modules "
-                             f"(Captum modifies only those), but {found}")
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message="Setting backward hooks on ReLU activations")
-            return CaptumGuidedBackprop(_ScoreModule(model, target)).attribute(x)
+
+def _linear_range(module: nn.Module) -> tuple[float, float] | None:
+    """``(low, high)`` where a rectifier module's derivative is 1, or None for any other module."""
+    if isinstance(module, nn.ReLU):
+        return 0.0, float("inf")
+    if isinstance(module, nn.Hardtanh) and module.min_val == 0:      # nn.ReLU6 is Hardtanh(0, 6)
+        return 0.0, float(module.max_val)
+    return None
+
+
+class _GuidedGate(torch.autograd.Function):
+    """Identity forward; backward ``mask * max(grad, 0)`` (the rectifier's own backward multiplies by the same
+    mask again, which changes nothing)."""
+
+    @staticmethod
+    def forward(ctx, output, mask):
+        ctx.save_for_backward(mask)
+        return output.clone()
+
+    @staticmethod
+    def backward(ctx, grad):
+        (mask,) = ctx.saved_tensors
+        return grad.clamp_min(0) * mask, None
+
+
+@contextmanager
+def _guided(rectifiers: list[nn.Module]) -> Iterator[None]:
+    """Forward hooks that pass each rectifier's output through :class:`_GuidedGate`; removed on exit."""
+
+    def gate(module, _inputs, output):
+        low, high = _linear_range(module)
+        return _GuidedGate.apply(output, ((output > low) & (output < high)).to(output.dtype))
+
+    handles = [module.register_forward_hook(gate) for module in rectifiers]
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
 
 
 _OTHER_ACTIVATIONS = (nn.ReLU6, nn.Hardtanh, nn.LeakyReLU, nn.PReLU, nn.ELU, nn.SELU, nn.CELU, nn.GELU, nn.SiLU,
                       nn.Mish, nn.Hardswish, nn.Softplus)
-
-
-class _ScoreModule(nn.Module):
-    """``model`` with the target logit as output (Captum's GuidedBackprop hooks the ReLUs of a module)."""
-
-    def __init__(self, model: nn.Module, target: TargetLike):
-        super().__init__()
-        self.model = model
-        self.score = _target_scores(model, target)
-
-    def forward(self, inputs):
-        return self.score(inputs)
 
 
 @contextmanager
