@@ -32,7 +32,15 @@ import torch
 from torch import nn
 
 from xaiimg.data.ava import NUM_BINS, mean_score
-from xaiimg.models.zoo import CheckpointError, ModelSpec, attach_spec, load_model, read_checkpoint, state_dict_mismatch
+from xaiimg.models.zoo import (
+    CheckpointError,
+    ModelSpec,
+    attach_spec,
+    load_model,
+    read_checkpoint,
+    state_dict_mismatch,
+    write_checkpoint,
+)
 
 BACKBONES = ("efficientnet_lite0", "efficientnet_lite2")
 
@@ -274,8 +282,7 @@ def save_checkpoint(model: AestheticModel, path: str | Path, **extra) -> None:
     keep_backbone = model.config is None
     state = {k: v for k, v in model.state_dict().items()
              if keep_backbone or not k.startswith("backbone.") or k.rsplit(".", 1)[0] in trained_modules}
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    torch.save({"config": model.config, "state": state, "extra": extra}, path)
+    write_checkpoint({"config": model.config, "state": state, "extra": extra}, path)
 
 
 def load_aesthetic(path: str | Path, model: AestheticModel | None = None) -> AestheticModel:

@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from xaiimg.models.zoo import ModelSpec, attach_spec, load_fitting_state_dict, read_checkpoint
+from xaiimg.models.zoo import ModelSpec, attach_spec, load_fitting_state_dict, read_checkpoint, write_checkpoint
 
 KINDS = ("cnn", "vit")
 MEAN = (0.5, 0.5, 0.5)
@@ -99,10 +99,7 @@ def build_synthetic_model(kind: str, class_names: list[str], size: int = 224, se
 
 def save_checkpoint(model: nn.Module, config: dict, metrics: dict, path: str | Path) -> Path:
     """Write ``model``'s state with the ``config`` that rebuilds it and its ``metrics``; returns the path."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save({"state_dict": model.state_dict(), "config": config, "metrics": metrics}, path)
-    return path
+    return write_checkpoint({"state_dict": model.state_dict(), "config": config, "metrics": metrics}, path)
 
 
 def load_synthetic_model(path: str | Path) -> nn.Module:

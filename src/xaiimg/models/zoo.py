@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import hashlib
 import importlib
+import io
 import os
 import pickle
 import re
+import zipfile
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -148,6 +150,41 @@ def load_state_dict_in_order(model: nn.Module, state: dict[str, torch.Tensor]) -
                              f"{tuple(reference.shape)}")
         mapped[name] = value
     model.load_state_dict(mapped)
+
+
+SERIALIZATION_ID = ".data/serialization_id"
+
+
+def write_checkpoint(obj: Any, path: str | os.PathLike) -> Path:
+    """``torch.save(obj, path)`` made byte-reproducible and atomic.
+
+    torch writes a random ``.data/serialization_id`` record into every file, so saving the same tensors twice gives
+    different bytes (and a new DVC hash on every rebuild). Here that record becomes a digest of the other records
+    and the zip entries get a fixed timestamp: equal contents give equal files. ``torch.load`` reads them as usual.
+    """
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    with zipfile.ZipFile(buffer) as saved:
+        records = [(info.filename, saved.read(info.filename)) for info in saved.infolist()]
+    digest = hashlib.sha256()
+    for name, data in records:
+        if not name.endswith(SERIALIZATION_ID):
+            digest.update(name.encode() + b"\0" + data)
+    stable_id = str(int(digest.hexdigest(), 16))[:40].zfill(40).encode()
+    output = io.BytesIO()
+    with zipfile.ZipFile(output, "w", zipfile.ZIP_STORED) as rewritten:
+        for name, data in records:
+            rewritten.writestr(zipfile.ZipInfo(name, date_time=(1980, 1, 1, 0, 0, 0)),
+                               stable_id if name.endswith(SERIALIZATION_ID) else data)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        temporary.write_bytes(output.getvalue())
+        os.replace(temporary, path)
+    finally:
+        temporary.unlink(missing_ok=True)
+    return path
 
 
 def read_checkpoint(path: str | os.PathLike) -> Any:

@@ -3,16 +3,20 @@
 Synthetic run (``xaiimg train-synthetic --out RUN``)::
 
     RUN/cnn.pt, RUN/vit.pt        checkpoints (xaiimg.models.synthetic.save_checkpoint)
-    RUN/metrics.json              per model: held-out accuracy, training time, losses
+    RUN/metrics.json              per model: held-out accuracy, losses
+    RUN/timings.json              per model: measured seconds (kept out of the files DVC hashes)
 
 Aesthetic run (``xaiimg train-aesthetic --out RUN`` on the composition benchmark, ``xaiimg train-ava --out RUN``)::
 
     RUN/summary.json              the data (benchmark config and seeds, or AVA files) and held-out metrics per variant
+    RUN/timings.json              measured seconds (feature cache, training per variant)
     RUN/<variant>/last.pt         checkpoint of the last epoch     (variant: attention or plain)
     RUN/<variant>/best.pt         checkpoint of the best epoch on the validation split
     RUN/<variant>/metrics.json    per-epoch history (xaiimg.training.aesthetic.train_aesthetic)
 
-Paths are built from these fixed names and checked kinds / variants only, never from other names.
+Paths are built from these fixed names and checked kinds / variants only, never from other names. Measured
+durations (keys ending in ``_seconds``) differ between runs of the same computation, so they are written to
+``timings.json`` only: checkpoints, metrics and summaries of a seeded run are byte-identical when rerun.
 """
 from __future__ import annotations
 
@@ -23,6 +27,19 @@ from xaiimg.models.synthetic import KINDS
 from xaiimg.training.aesthetic import TrainingOutputs
 
 VARIANTS = ("attention", "plain")
+TIMINGS = "timings.json"
+
+
+def split_timings(record: dict) -> tuple[dict, dict]:
+    """``record`` without its measured durations (keys ending in ``_seconds``), and those durations."""
+    timings = {key: value for key, value in record.items() if key.endswith("_seconds")}
+    return {key: value for key, value in record.items() if key not in timings}, timings
+
+
+def _write_json(path: Path, value: dict) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(value, indent=2) + "\n")
+    return path
 
 
 class SyntheticRun:
@@ -31,6 +48,7 @@ class SyntheticRun:
     def __init__(self, root: str | Path):
         self.root = Path(root)
         self.metrics = self.root / "metrics.json"
+        self.timings = self.root / TIMINGS
 
     def checkpoint(self, kind: str) -> Path:
         if kind not in KINDS:
@@ -38,9 +56,10 @@ class SyntheticRun:
         return self.root / f"{kind}.pt"
 
     def write_metrics(self, metrics: dict) -> Path:
-        self.root.mkdir(parents=True, exist_ok=True)
-        self.metrics.write_text(json.dumps(metrics, indent=2) + "\n")
-        return self.metrics
+        return _write_json(self.metrics, metrics)
+
+    def write_timings(self, timings: dict) -> Path:
+        return _write_json(self.timings, timings)
 
 
 class AestheticRun:
@@ -49,6 +68,7 @@ class AestheticRun:
     def __init__(self, root: str | Path):
         self.root = Path(root)
         self.summary = self.root / "summary.json"
+        self.timings = self.root / TIMINGS
 
     def training_outputs(self, variant: str) -> TrainingOutputs:
         if variant not in VARIANTS:
@@ -67,6 +87,9 @@ class AestheticRun:
         self.root.mkdir(parents=True, exist_ok=True)
         self.summary.write_text(json.dumps(summary, indent=2))
         return self.summary
+
+    def write_timings(self, timings: dict) -> Path:
+        return _write_json(self.timings, timings)
 
 
 def output_folders(*folders: str | Path) -> list[Path]:

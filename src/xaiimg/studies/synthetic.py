@@ -27,7 +27,7 @@ from xaiimg.models.synthetic import (
     load_synthetic_model,
     save_checkpoint,
 )
-from xaiimg.studies.runs import SyntheticRun
+from xaiimg.studies.runs import SyntheticRun, split_timings
 from xaiimg.training.classification import TrainConfig, fit, predict
 
 # Training recipes of `xaiimg train-synthetic`. Measured (2026-11-22, seed 0, 224 px, on a shared 2-core machine):
@@ -95,18 +95,20 @@ def train_synthetic_run(out: str | Path, kinds: Sequence[str] = KINDS, seed: int
     run, say = SyntheticRun(out), log or (lambda _line: None)
     if threads:
         torch.set_num_threads(threads)
-    summary = {}
+    summary, timings = {}, {}
     for kind in kinds:
         recipe = DEFAULT_RECIPES[kind]["train"]
         train_config = recipe if epochs is None else replace(recipe, epochs=epochs)
         model, config, metrics = train_synthetic_model(
             kind, seed=seed, size=size, num_classes=num_classes, train_size=train_size, train_config=train_config,
             test_size=test_size, log=lambda line, k=kind: say(f"[{k}] {line}"))
+        metrics, timings[kind] = split_timings(metrics)
         save_checkpoint(model, config, metrics, run.checkpoint(kind))
         summary[kind] = metrics
         say(f"[{kind}] test accuracy {metrics['test_accuracy']:.4f}, multi-object top-2 "
-            f"{metrics['multi_object_top2_accuracy']:.4f}, trained in {metrics['train_seconds']:.0f} s")
+            f"{metrics['multi_object_top2_accuracy']:.4f}, trained in {timings[kind]['train_seconds']:.0f} s")
     run.write_metrics(summary)
+    run.write_timings(timings)
     return summary
 
 
@@ -123,5 +125,5 @@ def synthetic_model(folder: str | Path, kind: str = "cnn", train_if_missing: boo
         recipe = replace(DEFAULT_RECIPES[kind]["train"], epochs=epochs)
         model, config, metrics = train_synthetic_model(kind, seed=seed, size=size, train_size=train_size,
                                                        train_config=recipe, test_size=200)
-        save_checkpoint(model, config, metrics, path)
+        save_checkpoint(model, config, split_timings(metrics)[0], path)
     return load_synthetic_model(path)

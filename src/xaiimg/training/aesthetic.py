@@ -204,6 +204,8 @@ def train_aesthetic(model: AestheticModel, train_set: Dataset, val_set: Dataset 
               "best_epoch": best[1], "history": history}
     if outputs is not None:
         outputs.metrics.parent.mkdir(parents=True, exist_ok=True)
-        outputs.metrics.write_text(json.dumps(result, indent=2))
+        # measured durations differ between reruns: returned, not written beside the checkpoints
+        outputs.metrics.write_text(json.dumps({k: v for k, v in result.items() if not k.endswith("_seconds")},
+                                              indent=2))
     return result
 
