@@ -86,3 +86,63 @@ def test_bad_inputs(tiny_cnn):
     with pytest.raises(TypeError, match="target must be an int"):
         activation_maximisation(tiny_cnn, target=[1.5])
     assert all(p.grad is None and p.requires_grad for p in tiny_cnn.parameters())
+
+
+# ------------------------------------------------------------------------------ regularisers (Yosinski, Olah)
+def zero_model(size=8):
+    model = nn.Sequential(nn.Flatten(), nn.Linear(3 * size * size, 2)).double().eval()
+    with torch.no_grad():
+        model[1].weight.zero_()
+    return model
+
+
+def initial_image(batch, size, seed=1, std=1.0):
+    return torch.randn(batch, 3, size, size, generator=torch.Generator().manual_seed(seed), dtype=torch.float64) * std
+
+
+def test_decay_shrinks_the_image_geometrically_without_a_score_gradient():
+    result = activation_maximisation(zero_model(), target=[0, 1], steps=5, l2=0.0, decay=0.1, seed=1, size=8,
+                                     init_std=1.0)
+    torch.testing.assert_close(result.image, initial_image(2, 8) * 0.9 ** 5, rtol=0, atol=1e-12)
+
+
+def test_blur_every_step_equals_repeated_gaussian_blur():
+    from xaiimg.ops import gaussian_blur
+
+    result = activation_maximisation(zero_model(), target=0, steps=2, l2=0.0, blur_every=1, blur_sigma=1.0, seed=1,
+                                     size=8, init_std=1.0)
+    expected = gaussian_blur(gaussian_blur(initial_image(1, 8), 7, 1.0), 7, 1.0)
+    torch.testing.assert_close(result.image, expected, rtol=0, atol=1e-12)
+    every_other = activation_maximisation(zero_model(), target=0, steps=2, l2=0.0, blur_every=2, blur_sigma=1.0,
+                                          seed=1, size=8, init_std=1.0)
+    torch.testing.assert_close(every_other.image, gaussian_blur(initial_image(1, 8), 7, 1.0), rtol=0, atol=1e-12)
+
+
+def test_jitter_changes_nothing_for_a_translation_invariant_score_and_is_seeded():
+    """S = c * sum(I) has the same gradient at every pixel, so rolling the image cannot change the ascent; for a
+    linear score with spatially varying weights it does, deterministically for a seed."""
+    invariant = nn.Sequential(nn.Flatten(), nn.Linear(3 * 8 * 8, 1)).double().eval()
+    with torch.no_grad():
+        invariant[1].weight.fill_(0.25)
+    plain = activation_maximisation(invariant, target=0, steps=4, lr=0.5, size=8, seed=2)
+    jittered = activation_maximisation(invariant, target=0, steps=4, lr=0.5, size=8, seed=2, jitter=3)
+    torch.testing.assert_close(jittered.image, plain.image, rtol=0, atol=1e-12)
+    model = linear_model()
+    once = activation_maximisation(model, target=1, steps=4, size=4, seed=2, jitter=2)
+    assert torch.equal(once.image, activation_maximisation(model, target=1, steps=4, size=4, seed=2, jitter=2).image)
+    assert not torch.allclose(once.image, activation_maximisation(model, target=1, steps=4, size=4, seed=2).image)
+
+
+def test_octaves_grow_the_image_to_full_size(tiny_cnn):
+    result = activation_maximisation(tiny_cnn, target=[1, 3], steps=3, lr=0.1, octaves=(0.5, 1.0), seed=0)
+    assert result.image.shape == (2, 3, 16, 16) and result.history.shape == (2 * 3 + 1, 2)
+    again = activation_maximisation(tiny_cnn, target=[1, 3], steps=3, lr=0.1, octaves=(0.5, 1.0), seed=0)
+    assert torch.equal(result.image, again.image)
+
+
+@pytest.mark.parametrize("kwargs,message", [(dict(decay=1.0), "decay"), (dict(blur_every=-1), "blur_every"),
+                                            (dict(jitter=-2), "jitter"), (dict(octaves=(1.0, 0.5)), "octaves"),
+                                            (dict(octaves=(0.5,)), "octaves")])
+def test_bad_regulariser_settings(tiny_cnn, kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        activation_maximisation(tiny_cnn, target=0, steps=1, **kwargs)
