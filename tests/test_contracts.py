@@ -38,13 +38,7 @@ TARGETS = [3, 0, 4]
 MAP_TOLERANCE = 1e-10  # float64 maps in [0,1]: batched and single passes differ only by summation order
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models: one intra-op thread avoids oversubscription stalls on a busy 2-core machine (restored after)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny_vit() -> nn.Module:

@@ -1,12 +1,7 @@
 """Fixtures of the metric tests."""
 import pytest
-import torch
 
 
 @pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models: one intra-op thread avoids oversubscription stalls on a busy 2-core machine (restored after)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+def metric_tests_run_on_one_thread(one_thread):
+    """Every metric test uses tests/conftest.py's ``one_thread``."""

@@ -249,14 +249,19 @@ def train_on_composition(out: str | Path, seed: int = 0, size: int = 224, train:
                                   log=_epoch_logger(log, variant))
         best = load_aesthetic(run.best_checkpoint(variant), model)
         held_out = evaluate_aesthetic(best, features["test"], cached=True, score_weight=score_weight)
-        summary["variants"][variant] = {"test": held_out, "best_epoch": metrics["best_epoch"]}
-        timings[variant] = split_timings(metrics)[1]
-        if log:
-            log(f"{variant}: held-out SRCC {held_out['srcc']:.3f}, PLCC {held_out['plcc']:.3f}, "
-                f"accuracy {held_out['accuracy']:.3f}")
+        _record_variant(summary, timings, variant, held_out, metrics, log)
     run.write_summary(summary)
     run.write_timings(timings)
     return summary
+
+
+def _record_variant(summary: dict, timings: dict, variant: str, held_out: dict, metrics: dict, log) -> None:
+    """A trained variant's held-out scores and best epoch into the run summary, its durations into the timings."""
+    summary["variants"][variant] = {"test": held_out, "best_epoch": metrics["best_epoch"]}
+    timings[variant] = split_timings(metrics)[1]
+    if log:
+        log(f"{variant}: held-out SRCC {held_out['srcc']:.3f}, PLCC {held_out['plcc']:.3f}, "
+            f"accuracy {held_out['accuracy']:.3f}")
 
 
 def train_on_ava(out: str | Path, labels: str | Path, images: str | Path, test_labels: str | Path, seed: int = 0,
@@ -296,11 +301,7 @@ def train_on_ava(out: str | Path, labels: str | Path, images: str | Path, test_l
                                   seed=seed, log=_epoch_logger(log, variant))
         best = load_aesthetic(run.best_checkpoint(variant), model)
         held_out = evaluate_aesthetic(best, splits["test"], batch_size, score_weight=score_weight)
-        summary["variants"][variant] = {"test": held_out, "best_epoch": metrics["best_epoch"]}
-        timings[variant] = split_timings(metrics)[1]
-        if log:
-            log(f"{variant}: held-out SRCC {held_out['srcc']:.3f}, PLCC {held_out['plcc']:.3f}, "
-                f"accuracy {held_out['accuracy']:.3f}")
+        _record_variant(summary, timings, variant, held_out, metrics, log)
     run.write_summary(summary)
     run.write_timings(timings)
     return summary
