@@ -137,3 +137,16 @@ def test_checkpoint_mismatch_errors(arch, problem, tmp_path):
     torch.save(torch.nn.Linear(3, 4).state_dict(), tmp_path / "small.pth")
     with pytest.raises(CheckpointError, match=problem):
         load_checkpoint_model(arch, tmp_path / "small.pth")
+
+
+def test_resolve_device_accepts_this_machines_devices_and_names_the_rest():
+    from xaiimg.nn import resolve_device
+
+    assert resolve_device("cpu") == torch.device("cpu")
+    for name, message in (("tpu", "unknown device 'tpu'"), ("cuda:99", "device 'cuda:99': "),
+                          ("meta", "unsupported device 'meta'")):
+        with pytest.raises(ValueError, match=message):
+            resolve_device(name)
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="CUDA is not available"):
+            resolve_device("cuda")

@@ -157,9 +157,19 @@ def _check_outside_input_folders(args) -> None:
                                    "read the outputs as inputs; choose another location or pass --allow-out-in-input")
 
 
+def _check_device(args) -> None:
+    from xaiimg.nn import resolve_device
+
+    try:
+        args.device = resolve_device(args.device)
+    except ValueError as error:
+        raise CommandError(f"--device: {error}") from None
+
+
 def _check_arguments(args) -> None:
     """Every check that needs no model, so that a mistake is reported before any model is loaded."""
     _check_model_choice(args)
+    _check_device(args)
     _check_output_location(Path(args.out), "--out", folder=True)
     if args.store is not None:
         _check_output_location(args.store, "--store", folder=True)
@@ -216,8 +226,8 @@ def _prepare(args):
     images = _load_images(paths)
     params = _parse_params(args.param, args.method)
     _check_methods(args.method, params)
-    model = _open_model(args)
-    return paths, model, model.preprocess(images), params
+    model = _open_model(args).to(args.device)
+    return paths, model, model.preprocess(images).to(args.device), params
 
 
 def command_explain(args) -> list[Path]:
@@ -229,7 +239,7 @@ def command_explain(args) -> list[Path]:
     with staged_output(out) as staging:
         written = _save_grid(staging, model, x, maps, [p.name for p in paths], args.formats)
         with open(staging / "maps.pt", "wb") as file:   # a file object: a failed open is an OSError naming it
-            torch.save({"files": [p.name for p in paths], "maps": maps}, file)
+            torch.save({"files": [p.name for p in paths], "maps": {name: m.cpu() for name, m in maps.items()}}, file)
         written.append(staging / "maps.pt")
         _record(args.store, "explain", ", ".join(maps), model, ",".join(map(str, args.images)),
                 {"methods": params, "target": args.target, "enhance": args.enhance}, {"images": len(paths)})
@@ -468,6 +478,9 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_argument("--target", type=_class_index, default=None,
                          help="class index to explain for every image (default: each image's predicted class)")
         sub.add_argument("--enhance", action="store_true", help="wrap each method in the sliding-window enhancement")
+        sub.add_argument("--device", default="cpu",
+                         help="where the model and the maps live: cpu (default), cuda, cuda:N or mps; checked "
+                              "before any model is loaded")
         sub.add_argument("--out", required=True, help="output folder (created; only complete results are written); "
                                                       "not inside an input folder")
         sub.add_argument("--store", type=Path, default=None,

@@ -17,6 +17,28 @@ from torch import nn
 TargetLike = int | Sequence[int] | torch.Tensor | None
 
 
+# --------------------------------------------------------------------------------------------- devices
+def resolve_device(name: str | torch.device) -> torch.device:
+    """A torch device from ``"cpu"``, ``"cuda"``, ``"cuda:N"`` or ``"mps"``, refused with a clear error when this
+    machine does not have it (so a run fails before its first model pass, not inside it)."""
+    try:
+        device = torch.device(name)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"unknown device {name!r}; use cpu, cuda, cuda:N or mps") from None
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise ValueError(f"device {name!r}: CUDA is not available on this machine")
+        if device.index is not None and device.index >= count:
+            raise ValueError(f"device {name!r}: this machine has {count} CUDA device(s), 0..{count - 1}")
+    elif device.type == "mps":
+        if not torch.backends.mps.is_available():
+            raise ValueError(f"device {name!r}: MPS is not available on this machine")
+    elif device.type != "cpu":
+        raise ValueError(f"unsupported device {name!r}; use cpu, cuda, cuda:N or mps")
+    return device
+
+
 # --------------------------------------------------------------------------------------------- targets
 def explicit_targets(target: int | Sequence[int] | torch.Tensor, batch: int, num_classes: int,
                      device: torch.device | str) -> torch.Tensor:

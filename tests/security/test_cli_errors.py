@@ -101,6 +101,8 @@ CASES = {
     "model with checkpoint": (EXPLAIN + ["--model", "vgg16", "--arch", "resnet18", "--checkpoint", "{w}/file.txt",
                                          "--out", "{w}/out"], "--model names a zoo model"),
     "negative target": (EXPLAIN + ["--target", "-1", "--out", "{w}/out"], "argument --target"),
+    "unknown device": (EXPLAIN + ["--device", "tpu", "--out", "{w}/out"], "--device: unknown device 'tpu'"),
+    "absent device": (EXPLAIN + ["--device", "cuda:99", "--out", "{w}/out"], "--device: device 'cuda:99': "),
     "missing out": (EXPLAIN, "the following arguments are required: --out"),
     "export out is a folder": (["export", "--store", "{w}/runs", "--out", "{w}/table.csv"],
                                "--out {w}/table.csv exists and is a folder"),
