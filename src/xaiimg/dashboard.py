@@ -376,7 +376,7 @@ class ComparisonDashboard:
 
     def _show_results(self) -> None:
         contents = self.store.scan()
-        self.results.value = results_table_html(self.store.flat_rows(), contents.unreadable)
+        self.results.value = results_table_html(self.store.flat_rows(contents.records), contents.unreadable)
 
     def _exported(self, paths: list[Path], what: str) -> None:
         self.exported.value = "Exported to " + ", ".join(f"<code>{html.escape(str(p.resolve()))}</code>"

@@ -313,10 +313,11 @@ class ResultsStore:
         """The valid records, in time order (files that are not records are skipped: see :meth:`scan`)."""
         return self.scan().records
 
-    def flat_rows(self) -> list[dict[str, Any]]:
-        """One row per record: identity columns, then ``param.*`` and ``metric.*`` columns (union over records)."""
+    def flat_rows(self, records: Sequence[RunRecord] | None = None) -> list[dict[str, Any]]:
+        """One row per record (``records``, default the store's): identity columns, then ``param.*`` and
+        ``metric.*`` columns (union over records)."""
         rows = []
-        for record in self.records():
+        for record in self.records() if records is None else records:
             row = {"time": record.time, "run_id": record.run_id, "kind": record.kind, "method": record.method,
                    "model": record.model, "data": record.data}
             row.update({f"param.{k}": _jsonable(v) for k, v in record.parameters.items()})
@@ -325,11 +326,6 @@ class ResultsStore:
             rows.append(row)
         columns = list(dict.fromkeys(key for row in rows for key in row))
         return [{c: row.get(c, "") for c in columns} for row in rows]
-
-    def export_path(self, fmt: str) -> Path:
-        """A default export file beside the store, never inside it: ``<root>-export.<fmt>``."""
-        root = self.root.resolve()
-        return root.with_name(f"{root.name}-export.{fmt}")
 
     def export(self, path: str | Path) -> Path:
         """Write all valid records to ``path``, which must lie outside the store: ``.csv`` (flat rows) or ``.json``

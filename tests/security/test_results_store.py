@@ -154,9 +154,9 @@ def test_export_outside_the_store_works(tmp_path):
     store = ResultsStore(tmp_path / "runs")
     store.add(_record("a", time="2024-01-01T00:00:01+00:00"))
     store.add(_record("b", time="2024-01-01T00:00:02+00:00"))
-    default = store.export_path("csv")
-    assert default == (tmp_path / "runs-export.csv").resolve()
-    assert [row["method"] for row in csv.DictReader(store.export(default).open())] == ["a", "b"]
+    beside = tmp_path / "runs-export.csv"
+    assert [row["method"] for row in csv.DictReader(store.export(beside).open())] == ["a", "b"]
+    assert store.flat_rows(store.records()[1:])[0]["method"] == "b"
     exported = json.loads(store.export(tmp_path / "elsewhere" / "all.json").read_text())
     assert [r["method"] for r in exported] == ["a", "b"] and exported[0]["schema_version"] == 1
     assert store.scan().unreadable == []
