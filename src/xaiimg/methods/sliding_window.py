@@ -156,13 +156,22 @@ class SlidingWindow(Explainer):
         return counts
 
     def attribute(self, model: nn.Module, x: torch.Tensor, target: TargetLike = None) -> torch.Tensor:
+        full_maps, window_sum = self.components(model, x, target)
+        return self.fuse(full_maps, window_sum)
+
+    def components(self, model: nn.Module, x: torch.Tensor, target: TargetLike = None
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(S0, sum_k place_k(alpha_k s_k))``, each ``[B,1,H,W]``: the wrapped method's full-image maps and the
+        placed, weighted window maps (zeros under ``fusion="s0-coverage"``, which explains no window). Every
+        fusion (and smoothing cutoff) is a cheap function of these two (:meth:`fuse`), so an ablation over fusions
+        explains the windows once."""
         batch, _, height, width = x.shape
         corners = [] if self.fusion == "s0-coverage" else self.windows(height, width)
         win_h, win_w = self.window
         jobs_per_image = len(corners) + 1  # job 0 of each image is the full image (S0), then its windows
         targets: torch.Tensor | None = None
         full_maps = torch.zeros(batch, 1, height, width, dtype=x.dtype, device=x.device)
-        fused = torch.zeros_like(full_maps)
+        window_sum = torch.zeros_like(full_maps)
         for chunk in batches(batch * jobs_per_image, self.batch_size):
             jobs = [divmod(job, jobs_per_image) for job in range(chunk.start, chunk.stop)]
             inputs = self._job_inputs(x, jobs, corners)
@@ -185,16 +194,24 @@ class SlidingWindow(Explainer):
                 window_jobs = [job for job in jobs if job[1] > 0]
                 for (image, index), window_map in zip(window_jobs, window_maps):
                     row, col = corners[index - 1]
-                    fused[image, :, row:row + win_h, col:col + win_w] += window_map
-        coverage = self.coverage(height, width).to(x.device, x.dtype)
-        if self.fusion in ("literal", "s0-coverage"):
+                    window_sum[image, :, row:row + win_h, col:col + win_w] += window_map
+        return full_maps, window_sum
+
+    def fuse(self, full_maps: torch.Tensor, window_sum: torch.Tensor, fusion: str | None = None,
+             smoothing_cutoff: float | None | str = "same") -> torch.Tensor:
+        """Eq. 4-8 (or the ablation ``fusion``, default ``self.fusion``) of :meth:`components`, then the ideal
+        low-pass at ``smoothing_cutoff`` (default ``self.smoothing_cutoff``; ``None`` skips it). Not normalised."""
+        fusion = self.fusion if fusion is None else check_choice(fusion, FUSIONS, "fusion")
+        cutoff = self.smoothing_cutoff if smoothing_cutoff == "same" else smoothing_cutoff
+        coverage = self.coverage(*full_maps.shape[-2:]).to(full_maps.device, full_maps.dtype)
+        if fusion in ("literal", "s0-coverage"):
             # sum_k S0|W_k placed at W_k == S0 times the number of windows covering each pixel
-            fused += full_maps * coverage
-        elif self.fusion == "normalised":
-            fused = fused / coverage.clamp_min(1) + full_maps
-        if self.smoothing_cutoff is not None:
-            fused = ideal_lowpass(fused, self.smoothing_cutoff)
-        return fused
+            fused = full_maps * coverage + (window_sum if fusion == "literal" else 0)
+        elif fusion == "normalised":
+            fused = window_sum / coverage.clamp_min(1) + full_maps
+        else:
+            fused = window_sum.clone()
+        return fused if cutoff is None else ideal_lowpass(fused, cutoff)
 
     def _job_inputs(self, x: torch.Tensor, jobs: list[tuple[int, int]], corners: list[tuple[int, int]]):
         """Model inputs of a chunk of jobs: full images as they are, windows cropped and bilinearly upsampled."""
