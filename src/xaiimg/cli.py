@@ -12,6 +12,7 @@ usage errors and failed writes included, print one line (``xaiimg: error: ...``)
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import shutil
@@ -398,6 +399,30 @@ def command_notebook(args) -> list[Path]:
         raise CommandError(str(error)) from None
 
 
+def command_thesis_study(args) -> list[Path]:
+    import yaml
+
+    from xaiimg.studies.thesis_study import ThesisStudyConfig, run_thesis_study
+
+    try:
+        block = yaml.safe_load(Path(args.params).read_text()).get("thesis_study") or {}
+        config = ThesisStudyConfig(**{**block, **({"parts": tuple(args.parts)} if args.parts else {})})
+    except (TypeError, ValueError, AttributeError, yaml.YAMLError) as error:
+        raise CommandError(f"{args.params}: bad thesis_study block ({error})") from None
+    results = Path(args.results)
+    run_thesis_study(config, results, log=functools.partial(print, flush=True))
+    return [results / "claims" / "thesis.json", results / "thesis_study"]
+
+
+def command_reproduction(args) -> list[Path]:
+    from xaiimg.studies.reproduction import write_reproduction
+
+    try:
+        return [write_reproduction(args.results, args.out)]
+    except (FileNotFoundError, ValueError) as error:
+        raise CommandError(str(error)) from None
+
+
 # ------------------------------------------------------------------------------------------------- parser
 def _add_study_commands(commands) -> None:
     """The training runs of the studies and the pipeline's notebook stage (flags as the DVC stages use them)."""
@@ -452,6 +477,19 @@ def _add_study_commands(commands) -> None:
     focus.add_argument("--run", dest="run_folder", required=True, help="output folder of `xaiimg train-aesthetic`")
     focus.add_argument("--out", required=True, help="JSON file to write")
     focus.set_defaults(run=command_focus_report)
+
+    study = commands.add_parser("thesis-study", help="measure the thesis's claims with n, intervals and controls "
+                                "(DVC stage thesis_study; settings: params.yaml thesis_study)")
+    study.add_argument("--params", default="params.yaml", help="YAML file with a thesis_study block")
+    study.add_argument("--results", default="results", help="results folder (writes thesis_study/ and claims/)")
+    study.add_argument("--parts", nargs="+", choices=["photos", "pointing", "enhancement", "discrimination",
+                                                     "sanity"], help="run only these parts")
+    study.set_defaults(run=command_thesis_study)
+
+    reproduction = commands.add_parser("reproduction", help="render docs/REPRODUCTION.md from results/claims/*.json")
+    reproduction.add_argument("--results", default="results", help="results folder holding claims/")
+    reproduction.add_argument("--out", default="docs/REPRODUCTION.md", help="Markdown file to write")
+    reproduction.set_defaults(run=command_reproduction)
 
     notebook = commands.add_parser("notebook", help="execute notebooks/NAME.ipynb with its params.yaml parameters "
                                    "(one DVC notebook stage; run from the checkout)")

@@ -255,23 +255,33 @@ class SyntheticSet:
                    list(data["class_names"]), dict(data["meta"]), data.get("backgrounds_uint8"))
 
 
+PLACEMENTS = ("uniform", "centred")
+CENTRED_JITTER = 0.05   # centred placement: centre within +-5% of the side from the image centre
+
+
 class SyntheticBenchmark:
     """Seeded generator of :class:`SyntheticSet` scenes.
 
     ``size``: image side in pixels; ``num_classes``: how many of :data:`SHAPES` (in order) are classes;
     ``scale``: range of an object's enclosing-disc diameter as a fraction of ``size``; ``gap``: minimum pixels
     between the enclosing discs of two objects in one scene; ``class_hues``: colour families per class (see the
-    module docstring).
+    module docstring); ``placement``: ``"uniform"`` (default: centres uniform over the positions where the object
+    fits) or ``"centred"`` (single-object scenes: the centre within ``CENTRED_JITTER`` of the size from the image
+    centre, like most ImageNet photographs; a control for centre priors).
     """
 
     def __init__(self, size: int = 224, num_classes: int = len(SHAPES), seed: int = 0,
-                 scale: tuple[float, float] = (0.15, 0.35), gap: float = 4.0, class_hues: bool = True):
+                 scale: tuple[float, float] = (0.15, 0.35), gap: float = 4.0, class_hues: bool = True,
+                 placement: str = "uniform"):
         if not 2 <= num_classes <= len(SHAPES):
             raise ValueError(f"num_classes must be 2..{len(SHAPES)}, got {num_classes}")
         if not 0 < scale[0] <= scale[1] <= 0.45:
             raise ValueError(f"scale must satisfy 0 < low <= high <= 0.45 (two objects must fit), got {scale}")
         if size < 16:
             raise ValueError(f"size must be at least 16 pixels, got {size}")
+        if placement not in PLACEMENTS:
+            raise ValueError(f"unknown placement {placement!r}; use one of {list(PLACEMENTS)}")
+        self.placement = placement
         self.size, self.num_classes, self.seed = int(size), int(num_classes), int(seed)
         self.scale, self.gap, self.class_hues = (float(scale[0]), float(scale[1])), float(gap), bool(class_hues)
 
@@ -287,8 +297,10 @@ class SyntheticBenchmark:
 
     @property
     def config(self) -> dict:
-        return {"size": self.size, "num_classes": self.num_classes, "seed": self.seed, "scale": list(self.scale),
-                "gap": self.gap, "class_hues": self.class_hues}
+        config = {"size": self.size, "num_classes": self.num_classes, "seed": self.seed, "scale": list(self.scale),
+                  "gap": self.gap, "class_hues": self.class_hues}
+        # "uniform" stays implicit so configs (and the checkpoints holding them) written before it existed match
+        return config if self.placement == "uniform" else {**config, "placement": self.placement}
 
     def generate(self, n: int, multi_object: bool = False, split: str = "train", start: int = 0,
                  with_backgrounds: bool = False) -> SyntheticSet:
@@ -298,6 +310,8 @@ class SyntheticBenchmark:
         if n < 1 or start < 0:
             raise ValueError(f"need n >= 1 and start >= 0, got n={n}, start={start}")
         objects = 2 if multi_object else 1
+        if self.placement == "centred" and multi_object:
+            raise ValueError("placement='centred' holds one object per scene; use multi_object=False")
         images = np.empty((n, self.size, self.size, 3), np.uint8)
         backgrounds = np.empty_like(images) if with_backgrounds else None
         labels = np.empty((n, objects), np.int64)
@@ -339,6 +353,9 @@ class SyntheticBenchmark:
         """Centre and radius of an object fully inside the image and ``gap`` pixels clear of ``placed`` ones."""
         for _ in range(1000):
             radius = rng.uniform(*self.scale) * self.size / 2
+            if self.placement == "centred":
+                cx, cy = self.size / 2 + rng.uniform(-CENTRED_JITTER, CENTRED_JITTER, size=2) * self.size
+                return float(cx), float(cy), float(radius)
             cx, cy = rng.uniform(radius, self.size - radius, size=2)
             if all(np.hypot(cx - x, cy - y) >= radius + r + self.gap for x, y, r in placed):
                 return float(cx), float(cy), float(radius)
