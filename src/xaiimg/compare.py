@@ -18,6 +18,7 @@ import torch
 from xaiimg.methods import available_methods, get_method, registry
 from xaiimg.methods.base import Explainer
 from xaiimg.metrics import available_metrics, get_metric
+from xaiimg.nn import running_on
 from xaiimg.report import ResultsStore, RunRecord
 
 ENHANCEMENT = "sliding-window"
@@ -65,39 +66,44 @@ class MethodMaps:
 
 def explain_methods(model, x: torch.Tensor, methods: Mapping[str, Mapping[str, Any]], target=None,
                     enhance: bool = False, enhance_params: Mapping[str, Any] | None = None,
-                    on_method: Callable[[str], None] | None = None, chunk_size: int | None = None) -> MethodMaps:
+                    on_method: Callable[[str], None] | None = None, chunk_size: int | None = None,
+                    device=None, autocast=None) -> MethodMaps:
     """Every method (registry name -> constructor parameters) on the same batch, timed; labels are the names,
     ``"<name> + sliding-window"`` when ``enhance``. ``chunk_size`` explains that many images at a time (a
-    dataset-sized ``x``); the maps are the same, only the peak memory changes."""
+    dataset-sized ``x``); the maps are the same, only the peak memory changes. ``device`` / ``autocast``: where and
+    in which precision the passes run (:func:`xaiimg.nn.running_on`; the model moves there once and back after);
+    the maps come back on ``x``'s device."""
     if chunk_size is not None and chunk_size < 1:
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
     step = chunk_size or len(x)
     targets = target if target is None or isinstance(target, int) else torch.as_tensor(target)
     out = MethodMaps()
-    for method, params in methods.items():
-        if on_method is not None:
-            on_method(method)
-        explainer = build_explainer(method, params, enhance, enhance_params)
-        label = f"{method} + {ENHANCEMENT}" if enhance else method
-        start = time.perf_counter()
-        out.maps[label] = torch.cat([
-            explainer(model, x[i:i + step],
-                      target=targets if targets is None or isinstance(targets, int) else targets[i:i + step])
-            for i in range(0, len(x), step)])
-        out.seconds[label] = time.perf_counter() - start
+    with running_on(model, device, autocast, default=x.device) as run_device:
+        for method, params in methods.items():
+            if on_method is not None:
+                on_method(method)
+            explainer = build_explainer(method, params, enhance, enhance_params)
+            label = f"{method} + {ENHANCEMENT}" if enhance else method
+            start = time.perf_counter()
+            out.maps[label] = torch.cat([
+                explainer(model, x[i:i + step].to(run_device),
+                          target=targets if targets is None or isinstance(targets, int) else targets[i:i + step])
+                for i in range(0, len(x), step)]).to(x.device)
+            out.seconds[label] = time.perf_counter() - start
     return out
 
 
-def score_images(metric: str, model, x: torch.Tensor, saliency: torch.Tensor, target=None,
-                 **params) -> dict[str, list[float]]:
+def score_images(metric: str, model, x: torch.Tensor, saliency: torch.Tensor, target=None, device=None,
+                 autocast=None, **params) -> dict[str, list[float]]:
     """Per-image scores of a registered metric that scores each image from its maps alone (``EXPERIMENT_METRICS``),
-    keyed by score name; ``target`` and ``params`` are the metric's ``targets`` and options."""
+    keyed by score name; ``target`` and ``params`` are the metric's ``targets`` and options; ``device`` /
+    ``autocast`` as :meth:`xaiimg.metrics.Metric.__call__`."""
     scorer = get_metric(metric)
     if not scorer.per_image:
         needs = "an explainer" if scorer.explains else f"ground truth ({' or '.join(scorer.ground_truth)})"
         raise ValueError(f"metric {metric!r} needs {needs}, not per-image maps; experiment metrics: "
                          f"{', '.join(EXPERIMENT_METRICS)}")
-    return scorer(model, x, saliency, target, **params).per_sample()
+    return scorer(model, x, saliency, target, device=device, autocast=autocast, **params).per_sample()
 
 
 @dataclass
@@ -112,17 +118,21 @@ class Experiment:
 
 
 def run_experiment(model, images: Sequence, experiment: Experiment, data_name: str, store: ResultsStore | None,
-                   batch_size: int = 4, progress: Callable[[int, int], None] | None = None) -> RunRecord:
-    """Explain and score ``images`` (PIL images or paths) in batches; store and return the record."""
+                   batch_size: int = 4, progress: Callable[[int, int], None] | None = None, device=None,
+                   autocast=None) -> RunRecord:
+    """Explain and score ``images`` (PIL images or paths) in batches; store and return the record. ``device`` /
+    ``autocast``: where and in which precision the passes run (the model moves there once and back after)."""
     explainer = build_explainer(experiment.method, experiment.method_params, experiment.enhance)
     per_image: dict[str, list[float]] = {}
-    for start in range(0, len(images), batch_size):
-        x = model.preprocess(list(images[start:start + batch_size]))
-        saliency = explainer(model, x)
-        for key, values in score_images(experiment.metric, model, x, saliency, **experiment.metric_params).items():
-            per_image.setdefault(key, []).extend(values)
-        if progress is not None:
-            progress(min(start + batch_size, len(images)), len(images))
+    with running_on(model, device, autocast) as run_device:
+        for start in range(0, len(images), batch_size):
+            x = model.preprocess(list(images[start:start + batch_size])).to(run_device)
+            saliency = explainer(model, x)
+            for key, values in score_images(experiment.metric, model, x, saliency,
+                                            **experiment.metric_params).items():
+                per_image.setdefault(key, []).extend(values)
+            if progress is not None:
+                progress(min(start + batch_size, len(images)), len(images))
     metrics: dict[str, Any] = {key: sum(v) / len(v) for key, v in per_image.items()}
     metrics["num_images"] = len(images)
     metrics["per_image"] = per_image

@@ -7,6 +7,8 @@ in torch on the input's device.
 from __future__ import annotations
 
 import difflib
+import itertools
+import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import NamedTuple
@@ -37,6 +39,95 @@ def resolve_device(name: str | torch.device) -> torch.device:
     elif device.type != "cpu":
         raise ValueError(f"unsupported device {name!r}; use cpu, cuda, cuda:N or mps")
     return device
+
+
+AUTOCAST_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def resolve_autocast(autocast: str | torch.dtype | None, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype from ``None`` (off), ``"bfloat16"``/``"float16"`` or that torch dtype, refused with a
+    clear error when autocast on ``device`` does not support it."""
+    if autocast is None:
+        return None
+    dtype = AUTOCAST_DTYPES.get(autocast) if isinstance(autocast, str) else autocast
+    if dtype not in AUTOCAST_DTYPES.values():
+        raise ValueError(f"autocast must be None, 'bfloat16' or 'float16', got {autocast!r}")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            torch.autocast(device.type, dtype=dtype)
+        except RuntimeError as error:
+            caught.append(error)
+    if caught:
+        reason = getattr(caught[0], "message", caught[0])
+        raise ValueError(f"autocast {autocast!r} is not supported on device {str(device)!r}: {reason}")
+    return dtype
+
+
+def model_device(model: nn.Module) -> torch.device | None:
+    """The one device of the model's parameters and buffers (``None`` if it has none); refused if they are spread."""
+    devices = {t.device for t in itertools.chain(model.parameters(), model.buffers())}
+    if len(devices) > 1:
+        raise ValueError(f"the model's parameters and buffers lie on several devices {sorted(map(str, devices))}; "
+                         "place them yourself and pass device=None")
+    return next(iter(devices), None)
+
+
+@contextmanager
+def running_on(model: nn.Module | None, device: str | torch.device | None, autocast: str | torch.dtype | None = None,
+               default: torch.device | None = None) -> Iterator[torch.device]:
+    """Run the model's passes on ``device`` and yield that device; ``None`` moves nothing and yields ``default``
+    (e.g. the inputs' device), else where the model is.
+
+    A given ``device`` gets the model for the duration, moved back on exit, also on error, so it is left where it
+    was (a model already there does not move). With ``autocast`` every forward of ``model`` runs under
+    ``torch.autocast`` and returns its floating output in its input's dtype; the method's own arithmetic stays
+    outside autocast.
+    """
+    home = model_device(model) if model is not None else None
+    target = resolve_device(device) if device is not None else (default or home or torch.device("cpu"))
+    dtype = resolve_autocast(autocast, target)
+    moved = device is not None and home is not None and home != target
+    try:
+        if moved:
+            model.to(target)
+        if dtype is None or model is None:
+            yield target
+        else:
+            with autocast_forwards(model, target.type, dtype):
+                yield target
+    finally:
+        if moved:
+            model.to(home)
+
+
+@contextmanager
+def autocast_forwards(model: nn.Module, device_type: str, dtype: torch.dtype) -> Iterator[None]:
+    """Every forward of ``model`` inside the context runs under ``torch.autocast(device_type, dtype)`` and returns
+    a floating output in its input's dtype; hooks removed and autocast left on exit, also on error."""
+    open_contexts: list[torch.autocast] = []
+
+    def enter(_module, _args):
+        context = torch.autocast(device_type, dtype=dtype)
+        context.__enter__()
+        open_contexts.append(context)
+
+    def leave(_module, args, output):
+        open_contexts.pop().__exit__(None, None, None)
+        wanted = args[0].dtype if args and isinstance(args[0], torch.Tensor) else None
+        if isinstance(output, torch.Tensor) and output.is_floating_point() and wanted is not None \
+                and wanted.is_floating_point and output.dtype != wanted:
+            return output.to(wanted)
+        return None
+
+    handles = [model.register_forward_pre_hook(enter), model.register_forward_hook(leave, always_call=True)]
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+        while open_contexts:
+            open_contexts.pop().__exit__(None, None, None)
 
 
 # --------------------------------------------------------------------------------------------- targets
@@ -78,6 +169,11 @@ def resolve_targets(target: TargetLike, logits: torch.Tensor) -> torch.Tensor:
 def check_target_range(target: TargetLike, num_classes: int) -> None:
     """Raise before any model pass if an explicit target cannot be a class index."""
     if target is None:
+        return
+    if isinstance(target, torch.Tensor) and not target.is_floating_point():   # checked where it lies
+        if ((target < 0) | (target >= num_classes)).any():
+            bad = target[(target < 0) | (target >= num_classes)].tolist()
+            raise ValueError(f"target class index {bad} out of range for a model with {num_classes} classes")
         return
     values = target.reshape(-1).tolist() if isinstance(target, torch.Tensor) else (
         [target] if isinstance(target, int) else list(target))

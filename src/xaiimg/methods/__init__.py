@@ -49,12 +49,16 @@ def get_method(method: str | Explainer, **params) -> Explainer:
     return registry()[method](**params)
 
 
-def explain(method: str | Explainer, model, x, target: TargetLike = None, normalize: bool = True, **params):
+def explain(method: str | Explainer, model, x, target: TargetLike = None, normalize: bool = True,
+            device=None, autocast=None, **params):
     """Saliency maps ``[B,1,H,W]`` (min-max per sample in [0,1] when ``normalize``) for a batch ``x``.
 
-    ``target``: ``None`` (predicted class), an int, or one int per sample.
+    ``target``: ``None`` (predicted class), an int, or one int per sample. ``device`` (``None``: the input's) and
+    ``autocast`` (``None``, ``"bfloat16"``, ``"float16"``): see :meth:`Explainer.__call__`; the maps come back on
+    the input's device in its dtype and the model is left where it was.
     """
-    return get_method(method, **params)(model, x, target=target, normalize=normalize)
+    return get_method(method, **params)(model, x, target=target, normalize=normalize, device=device,
+                                        autocast=autocast)
 
 
 def __getattr__(name):

@@ -14,7 +14,7 @@ from typing import ClassVar
 import torch
 from torch import nn
 
-from xaiimg.nn import TargetLike, check_target_range, num_classes_of, preserved_state
+from xaiimg.nn import TargetLike, check_target_range, num_classes_of, preserved_state, running_on
 from xaiimg.ops import check_images, minmax_normalize, upsample
 
 _REGISTRY: dict[str, type[Explainer]] = {}
@@ -73,19 +73,27 @@ class Explainer:
     def attribute(self, model: nn.Module, x: torch.Tensor, target: TargetLike = None) -> torch.Tensor:
         raise NotImplementedError
 
-    def __call__(self, model: nn.Module, x: torch.Tensor, target: TargetLike = None,
-                 normalize: bool = True) -> torch.Tensor:
-        """Saliency ``[B,1,H,W]`` at the input's resolution; min-max per sample in ``[0,1]`` if ``normalize``."""
+    def __call__(self, model: nn.Module, x: torch.Tensor, target: TargetLike = None, normalize: bool = True,
+                 device: str | torch.device | None = None, autocast: str | torch.dtype | None = None) -> torch.Tensor:
+        """Saliency ``[B,1,H,W]`` at the input's resolution; min-max per sample in ``[0,1]`` if ``normalize``.
+
+        ``device``: where the passes run (``"cpu"``, ``"cuda"``, ``"cuda:N"``, ``"mps"``; ``None``: the input's
+        device); the model is moved there for the call and moved back after it. ``autocast``: ``None`` (off),
+        ``"bfloat16"`` or ``"float16"`` for the model's forwards (:func:`xaiimg.nn.running_on`). The maps come back
+        on the input's device in its dtype.
+        """
         check_images(x, channels=None)
         num_classes = num_classes_of(model)
         if num_classes is not None:
             check_target_range(target, num_classes)
-        with preserved_state(model, x):
-            maps = self.attribute(model, x.detach(), target)
-        maps = upsample(maps.detach(), x.shape[-2:])
+        with running_on(model, device, autocast, default=x.device) as run_device:
+            inputs = x.detach().to(run_device)
+            with preserved_state(model, x):
+                maps = self.attribute(model, inputs, target)
+        maps = upsample(maps.detach().to(x.dtype), x.shape[-2:])
         if maps.shape[1] != 1 or maps.shape[0] != x.shape[0]:
             raise RuntimeError(f"{type(self).__name__}.attribute returned shape {tuple(maps.shape)}")
-        return minmax_normalize(maps) if normalize else maps
+        return (minmax_normalize(maps) if normalize else maps).to(x.device)
 
     def __repr__(self) -> str:
         params = ", ".join(f"{k}={v!r}" for k, v in vars(self).items() if not k.startswith("_"))

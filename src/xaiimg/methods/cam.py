@@ -56,9 +56,11 @@ class CAM(ChannelWeightedCAM):
                              f"{name!r} through global average pooling, but {name!r} takes {fc.in_features} "
                              "features; choose the last feature map before GAP, or use grad-cam")
         with torch.no_grad():
-            pooled_logits = fc(activation.mean(dim=(2, 3)))
-        tolerance = 1e-3 * (1.0 + logits.abs().max().item())
-        if pooled_logits.shape != logits.shape or (pooled_logits - logits).abs().max().item() > tolerance:
+            pooled_logits = fc(activation.mean(dim=(2, 3)).to(fc.weight.dtype))
+        # relative tolerance 1e-3, wider for half-precision activations (autocast): 8 units of their rounding
+        relative = max(1e-3, 8 * torch.finfo(activation.dtype).eps)
+        if pooled_logits.shape != logits.shape or \
+                (pooled_logits - logits).abs().max() > relative * (1.0 + logits.abs().max()):
             raise ValueError(f"CAM needs logits = {name}(global average pool of the target layer), which does not "
                              "hold for this layer and model; choose the last feature map before GAP, or use grad-cam")
 

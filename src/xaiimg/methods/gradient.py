@@ -40,14 +40,17 @@ def _target_scores(model: nn.Module, target: TargetLike) -> Callable[[torch.Tens
 
 def _checked_outputs(model: nn.Module, targets: torch.Tensor, probability: bool = False
                      ) -> Callable[[torch.Tensor], torch.Tensor]:
-    """Forward function for Captum with explicit targets: logits (or softmax probabilities), after checking
-    that every target indexes a class of this model."""
+    """Forward function for Captum with explicit targets: logits (or softmax probabilities), after checking on the
+    first forward that every target indexes a class of this model."""
+    checked = False
 
     def forward(inputs: torch.Tensor) -> torch.Tensor:
+        nonlocal checked
         logits = model(inputs)
-        if int(targets.max()) >= logits.shape[-1]:
+        if not checked and (targets >= logits.shape[-1]).any():
             raise ValueError(f"target class index {targets.tolist()} out of range for a model with "
                              f"{logits.shape[-1]} classes")
+        checked = True
         return logits.softmax(dim=-1) if probability else logits
 
     return forward
@@ -184,15 +187,21 @@ class SmoothGrad(ChannelReduced):
         targets = _targets_before_passes(model, x, target)
         smoothgrad = NoiseTunnel(Saliency(_checked_outputs(model, targets)))
         maps = []
-        for index in range(x.shape[0]):
-            image = x[index:index + 1]
-            sigma = self.noise_level * float(image.detach().max() - image.detach().min())
+        value_ranges, image_targets = _per_image_host_values(x, targets)
+        for index, (value_range, image_target) in enumerate(zip(value_ranges, image_targets)):
             with _seeded(self.seed, x.device):
                 maps.append(smoothgrad.attribute(
-                    image, nt_type="smoothgrad", nt_samples=self.n_samples,
-                    nt_samples_batch_size=min(self.batch_size, self.n_samples), stdevs=sigma,
-                    target=targets[index:index + 1], abs=False))
+                    x[index:index + 1], nt_type="smoothgrad", nt_samples=self.n_samples,
+                    nt_samples_batch_size=min(self.batch_size, self.n_samples), stdevs=self.noise_level * value_range,
+                    target=image_target, abs=False))
         return torch.cat(maps)
+
+
+def _per_image_host_values(x: torch.Tensor, targets: torch.Tensor) -> tuple[list[float], list[int]]:
+    """Each image's ``max - min`` and target as Python numbers, before the loop over images: Captum's NoiseTunnel
+    takes ``stdevs`` as floats and reads a one-image target with ``.item()``, so one transfer each per call."""
+    flat = x.detach().flatten(1)
+    return (flat.amax(dim=1) - flat.amin(dim=1)).tolist(), targets.tolist()
 
 
 @register("integrated-gradients")

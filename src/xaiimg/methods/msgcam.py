@@ -59,8 +59,8 @@ class MSGCAM(Explainer):
     2. One forward+backward per scale (gradient of the raw target logit); a scale is kept for a sample only
        if its top-1 there equals the target (``keep_scales="top1"``, the thesis; target resolved at t = 1) or
        always (``"all"``, an ablation). If none is kept: ``on_no_scale="original"`` uses t = 1 alone,
-       ``"error"`` raises. After a call, ``last_kept_scales`` ``[B,N]`` (bool) says which scales each image kept
-       (before that fallback): the kept-scale histogram of a run.
+       ``"error"`` raises. After a call, ``last_kept_scales`` ``[B,N]`` (bool, on the input's device) says which
+       scales each image kept (before that fallback): the kept-scale histogram of a run.
     3. A_bar, G_bar = mean over kept scales of the activations / gradients bilinearly upsampled to the input
        size; W_c = spatial mean of G_bar_c; M = A_bar * W.
     4. ``groups`` groups of contiguous channels, M_r = ReLU(group sum); denoise: keep values strictly above
@@ -124,7 +124,7 @@ class MSGCAM(Explainer):
         activations, gradients, keep, targets = multiscale_passes(model, x, self.layer, sizes, target, self.image_mode)
         if self.keep_scales == "all":
             keep = torch.ones_like(keep)
-        self.last_kept_scales = keep.T.cpu()
+        self.last_kept_scales = keep.T.clone()
         if self.groups > activations[0].shape[1]:
             raise ValueError(f"groups={self.groups} exceeds the layer's {activations[0].shape[1]} channels")
         weights = scale_weights(keep, self.on_no_scale, x.dtype)

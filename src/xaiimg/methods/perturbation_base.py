@@ -153,13 +153,12 @@ def scale_weights(keep: torch.Tensor, on_no_scale: str, dtype) -> torch.Tensor:
     A sample with no kept scale falls back to the original scale (``on_no_scale="original"``) or raises.
     """
     missing = ~keep.any(dim=0)
-    if missing.any():
+    if on_no_scale == "error" and missing.any():
         samples = missing.nonzero().flatten().tolist()
-        if on_no_scale == "error":
-            raise ValueError(f"no scale has the target class as top-1 for samples {samples}; "
-                             "pass on_no_scale='original' to fall back to the original scale")
-        keep = keep.clone()
-        keep[0, missing] = True
+        raise ValueError(f"no scale has the target class as top-1 for samples {samples}; "
+                         "pass on_no_scale='original' to fall back to the original scale")
+    keep = keep.clone()
+    keep[0] |= missing
     keep = keep.to(dtype)
     return keep / keep.sum(dim=0, keepdim=True)
 

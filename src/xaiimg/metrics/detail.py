@@ -65,7 +65,7 @@ def energy_pointing_game(saliency: torch.Tensor, masks) -> EnergyPointingResult:
     total = maps.sum(dim=(1, 2))
     inside = (maps * masks).sum(dim=(1, 2))
     return EnergyPointingResult(torch.where(total > 0, inside / total.clamp_min(torch.finfo(total.dtype).tiny),
-                                            torch.zeros_like(total)).cpu())
+                                            torch.zeros_like(total)))
 
 
 def region_boundary(regions: torch.Tensor) -> torch.Tensor:
@@ -126,7 +126,7 @@ def boundary_f_score(saliency: torch.Tensor, masks, tolerance: int = 2) -> Bound
         matched = (boundary & _near(other, tolerance)).sum(dim=(1, 2)).double()
         return torch.where(count > 0, matched / count.clamp_min(1), torch.zeros_like(count))
 
-    return BoundaryResult(share(predicted, truth).cpu(), share(truth, predicted).cpu(), int(tolerance))
+    return BoundaryResult(share(predicted, truth), share(truth, predicted), int(tolerance))
 
 
 @register_metric("energy-pointing-game", category="localisation", result=EnergyPointingResult,

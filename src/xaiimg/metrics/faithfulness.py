@@ -199,7 +199,8 @@ def insertion_deletion(model: nn.Module, x: torch.Tensor, saliency: torch.Tensor
 
     insertion = torch.cat([scores[0], original_scores.view(-1, 1)], dim=1)
     deletion = torch.cat([original_scores.view(-1, 1), scores[1]], dim=1)
-    fractions = (torch.arange(num_steps + 1, dtype=torch.float64) * step).clamp(max=num_pixels) / num_pixels
+    fractions = (torch.arange(num_steps + 1, dtype=torch.float64, device=x.device) * step
+                 ).clamp(max=num_pixels) / num_pixels
     return InsertionDeletionResult(
         protocol=preset.name, pixels_per_step=step, targets=targets, fractions=fractions,
         insertion_curve=insertion, deletion_curve=deletion,

@@ -120,10 +120,10 @@ class PointingGame:
         if top_k < 1:
             raise ValueError(f"top_k must be >= 1, got {top_k}")
         self.preset, self.tolerance, self.top_k = preset, float(tolerance), int(top_k)
-        self._hits: list[bool] = []
+        self._hits: list[torch.Tensor] = []   # one tensor per update, on the maps' device
         self._points: list[torch.Tensor] = []
-        self._classes: list[int] = []
-        self._difficult: list[bool] = []
+        self._classes: list[torch.Tensor] = []
+        self._difficult: list[torch.Tensor] = []
 
     def update(self, saliency, masks=None, classes: Sequence[int] | torch.Tensor | None = None,
                difficult: Sequence[bool] | torch.Tensor | None = None, boxes=None,
@@ -141,13 +141,17 @@ class PointingGame:
         regions = masks if masks is not None else boxes
         if len(regions) != count:
             raise ValueError(f"got {count} saliency maps and {len(regions)} ground-truth entries")
-        classes = [0] * count if classes is None else [int(c) for c in torch.as_tensor(classes).reshape(-1)]
-        difficult = [False] * count if difficult is None else [bool(d) for d in torch.as_tensor(difficult).reshape(-1)]
+        classes = torch.zeros(count, dtype=torch.long) if classes is None else \
+            torch.as_tensor(classes).reshape(-1).long()
+        difficult = torch.zeros(count, dtype=torch.bool) if difficult is None else \
+            torch.as_tensor(difficult).reshape(-1).bool()
         if len(classes) != count or len(difficult) != count:
             raise ValueError(f"classes and difficult need one value per entry ({count})")
         if image_sizes is not None and len(image_sizes) != count:
             raise ValueError(f"image_sizes needs one (H, W) per entry ({count})")
-        hits = []
+        if count == 0:
+            return torch.empty(0, dtype=torch.bool)
+        hits, points = [], []
         for index in range(count):
             saliency_map = _as_map(saliency, index)
             if boxes is not None:
@@ -157,32 +161,37 @@ class PointingGame:
                 mask = _as_mask(regions[index], index)
             hit, point = self._score(_resized(saliency_map, tuple(mask.shape)), mask.to(saliency_map.device))
             hits.append(hit)
-            self._points.append(point)
-        self._hits += hits
-        self._classes += classes
-        self._difficult += difficult
-        return torch.tensor(hits, dtype=torch.bool)
+            points.append(point)
+        hits = torch.stack(hits)
+        self._hits.append(hits)
+        self._points.append(torch.stack(points))
+        self._classes.append(classes.to(hits.device))
+        self._difficult.append(difficult.to(hits.device))
+        return hits
 
-    def _score(self, saliency_map: torch.Tensor, mask: torch.Tensor) -> tuple[bool, torch.Tensor]:
+    def _score(self, saliency_map: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Hit (a 0-d bool tensor) and point ``[2]`` (row, col) of one map, on the map's device."""
         width = saliency_map.shape[1]
         if self.preset == "torchray":
-            flat_index = int(torch.argmax(saliency_map.reshape(-1)))
-            row, col = divmod(flat_index, width)
+            flat_index = torch.argmax(saliency_map.reshape(-1))
+            row, col = flat_index // width, flat_index % width
             rows = torch.arange(mask.shape[0], device=mask.device, dtype=torch.float64).view(-1, 1)
             cols = torch.arange(mask.shape[1], device=mask.device, dtype=torch.float64).view(1, -1)
             disk = (rows - row) ** 2 + (cols - col) ** 2 < self.tolerance ** 2
-            return bool((disk & mask).any()), torch.tensor([row, col])
+            return (disk & mask).any(), torch.stack([row, col])
         top = stable_descending_order(saliency_map.reshape(1, -1))[0, : self.top_k]
-        inside = int(mask.reshape(-1)[top].sum())
-        first_row, first_col = divmod(int(top[0]), width)
-        return inside > top.numel() / 2, torch.tensor([first_row, first_col])
+        inside = mask.reshape(-1)[top].sum()
+        return inside > top.numel() / 2, torch.stack([top[0] // width, top[0] % width])
 
     def result(self) -> PointingGameResult:
-        points = torch.stack(self._points) if self._points else torch.empty(0, 2, dtype=torch.long)
+        if not self._hits:
+            return PointingGameResult(
+                preset=self.preset, tolerance=self.tolerance, hits=torch.empty(0, dtype=torch.bool),
+                points=torch.empty(0, 2, dtype=torch.long), classes=torch.empty(0, dtype=torch.long),
+                difficult=torch.empty(0, dtype=torch.bool))
         return PointingGameResult(
-            preset=self.preset, tolerance=self.tolerance, hits=torch.tensor(self._hits, dtype=torch.bool),
-            points=points, classes=torch.tensor(self._classes, dtype=torch.long),
-            difficult=torch.tensor(self._difficult, dtype=torch.bool))
+            preset=self.preset, tolerance=self.tolerance, hits=torch.cat(self._hits), points=torch.cat(self._points),
+            classes=torch.cat(self._classes), difficult=torch.cat(self._difficult))
 
 
 def pointing_game(saliency, masks=None, classes=None, difficult=None, preset: str = "torchray",
@@ -199,8 +208,6 @@ def average_precision(scores: torch.Tensor, labels: torch.Tensor) -> torch.Tenso
     ``sklearn.metrics.average_precision_score``); 0 when there is no positive label."""
     scores, labels = scores.reshape(-1).double(), labels.reshape(-1).double()
     positives = labels.sum()
-    if positives == 0:
-        return torch.zeros((), dtype=torch.float64)
     order = torch.argsort(scores, descending=True, stable=True)
     sorted_scores, true_positives = scores[order], labels[order].cumsum(0)
     group_end = torch.ones_like(sorted_scores, dtype=torch.bool)
@@ -209,7 +216,8 @@ def average_precision(scores: torch.Tensor, labels: torch.Tensor) -> torch.Tenso
     predicted = torch.arange(1, scores.numel() + 1, dtype=torch.float64, device=scores.device)[group_end]
     recall = tp / positives
     recall_step = recall - torch.cat([recall.new_zeros(1), recall[:-1]])
-    return (recall_step * tp / predicted).sum()
+    precision_sum = (recall_step * tp / predicted).sum()
+    return torch.where(positives > 0, precision_sum, torch.zeros_like(precision_sum))   # no positive: 0, not NaN
 
 
 @dataclass
@@ -260,7 +268,7 @@ class SegmentationScores:
         if ap_average not in ("macro", "foreground"):
             raise ValueError(f"ap_average must be 'macro' or 'foreground', got {ap_average!r}")
         self.ap_average = ap_average
-        self._correct = 0
+        self._correct = torch.zeros((), dtype=torch.long)   # counts follow the maps' device
         self._labelled = 0
         self._intersection = torch.zeros(2, dtype=torch.long)
         self._union = torch.zeros(2, dtype=torch.long)
@@ -277,21 +285,21 @@ class SegmentationScores:
             saliency_map = minmax_normalize(_resized(_as_map(saliency, index), tuple(mask.shape))[None])[0]
             mask = mask.to(saliency_map.device)
             foreground = saliency_map > saliency_map.mean()
-            self._correct += int((foreground == mask).sum())
+            self._correct = self._correct.to(mask.device) + (foreground == mask).sum()
             self._labelled += mask.numel()
-            for label, predicted, truth in ((0, ~foreground, ~mask), (1, foreground, mask)):
-                self._intersection[label] += int((predicted & truth).sum())
-                self._union[label] += int((predicted | truth).sum())
+            predicted, truth = torch.stack([~foreground, foreground]), torch.stack([~mask, mask])   # background, fg
+            self._intersection = self._intersection.to(mask.device) + (predicted & truth).sum(dim=(1, 2))
+            self._union = self._union.to(mask.device) + (predicted | truth).sum(dim=(1, 2))
             ap = average_precision(saliency_map, mask)
             if self.ap_average == "macro":
                 ap = (ap + average_precision(1 - saliency_map, ~mask)) / 2
-            aps.append(ap.cpu())
+            aps.append(ap)
         self._aps += aps
         return torch.stack(aps) if aps else torch.empty(0, dtype=torch.float64)
 
     def result(self) -> SegmentationResult:
         return SegmentationResult(
-            correct_pixels=self._correct, labelled_pixels=self._labelled, intersection=self._intersection.clone(),
+            correct_pixels=int(self._correct), labelled_pixels=self._labelled, intersection=self._intersection.clone(),
             union=self._union.clone(),
             average_precisions=torch.stack(self._aps) if self._aps else torch.empty(0, dtype=torch.float64))
 

@@ -166,9 +166,9 @@ def positive_negative_perturbation(model: nn.Module, x: torch.Tensor, saliency: 
 
     unperturbed = (original_prediction == classes).view(-1, 1)
     return PerturbationResult(
-        reference=reference, fractions=torch.tensor([0.0, *fraction_values], dtype=torch.float64),
-        classes=classes, positive_correct=torch.cat([unperturbed, correct[0]], dim=1).cpu(),
-        negative_correct=torch.cat([unperturbed, correct[1]], dim=1).cpu())
+        reference=reference, fractions=torch.tensor([0.0, *fraction_values], dtype=torch.float64, device=x.device),
+        classes=classes, positive_correct=torch.cat([unperturbed, correct[0]], dim=1),
+        negative_correct=torch.cat([unperturbed, correct[1]], dim=1))
 
 
 @register_metric("positive-negative-perturbation", category="faithfulness", result=PerturbationResult,

@@ -7,11 +7,15 @@ category, its paper, and what it needs beyond ``(model, inputs, saliency)``: an 
 """
 from __future__ import annotations
 
+import dataclasses
 import difflib
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import torch
+
 from xaiimg.metrics.results import MetricResult
+from xaiimg.nn import running_on
 
 CATEGORIES = ("faithfulness", "localisation", "sanity", "robustness")
 
@@ -51,8 +55,35 @@ class Metric:
         the metrics an experiment over a folder of images can run."""
         return not self.explains and not self.ground_truth
 
-    def __call__(self, model, inputs, saliency_or_explainer, targets=None, **options) -> MetricResult:
-        return self.compute(model, inputs, saliency_or_explainer, targets, **options)
+    def __call__(self, model, inputs, saliency_or_explainer, targets=None, device=None, autocast=None,
+                 **options) -> MetricResult:
+        """The metric's result. ``device`` (``None``: where ``inputs`` are) and ``autocast`` (``None``,
+        ``"bfloat16"``, ``"float16"``): the model, inputs, maps, targets and ground truth are moved to ``device`` for
+        the call (the model back after it) and the model's forwards run under autocast
+        (:func:`xaiimg.nn.running_on`); the result's tensors come back on the inputs' device, half floats as
+        float32."""
+        if device is None and autocast is None:
+            return self.compute(model, inputs, saliency_or_explainer, targets, **options)
+        home = next((v.device for v in (inputs, saliency_or_explainer) if isinstance(v, torch.Tensor)), None)
+        with running_on(model, device, autocast, default=home) as run_device:
+            result = self.compute(model, *(moved(value, run_device) for value in
+                                           (inputs, saliency_or_explainer, targets)),
+                                  **{key: moved(value, run_device) for key, value in options.items()})
+        return dataclasses.replace(result, **{field.name: moved(getattr(result, field.name), home or run_device, True)
+                                              for field in dataclasses.fields(result)})
+
+
+def moved(value, device: torch.device, half_to_float: bool = False):
+    """``value`` with its tensors (also inside lists, tuples and dicts) on ``device``; with ``half_to_float``,
+    bfloat16/float16 tensors become float32."""
+    if isinstance(value, torch.Tensor):
+        value = value.to(device)
+        return value.float() if half_to_float and value.dtype in (torch.bfloat16, torch.float16) else value
+    if isinstance(value, (list, tuple)):
+        return type(value)(moved(item, device, half_to_float) for item in value)
+    if isinstance(value, dict):
+        return {key: moved(item, device, half_to_float) for key, item in value.items()}
+    return value
 
 
 def register_metric(name: str, *, category: str, paper: str, result: type[MetricResult], explains: bool = False,

@@ -93,8 +93,8 @@ def max_sensitivity(explainer, model: nn.Module, x: torch.Tensor, target=None, r
     if attack == "fgsm":
         attacked = fgsm(model, x, targets, radius)
         attacked_maps = check_maps(explain(model, attacked, targets), x, "explainer").reshape(batch, -1)
-        fgsm_ratio = ((attacked_maps - reference).norm(dim=1) / reference_norm).cpu()
-    return SensitivityResult(radius=float(radius), targets=targets.cpu(), sampled=sampled.cpu(),
+        fgsm_ratio = (attacked_maps - reference).norm(dim=1) / reference_norm
+    return SensitivityResult(radius=float(radius), targets=targets, sampled=sampled,
                              fgsm_sensitivity=fgsm_ratio)
 
 

@@ -141,8 +141,8 @@ def model_randomisation(model: nn.Module, explainer, x: torch.Tensor, target=Non
         maps = explain_maps()
         spearman_rows.append(spearman_correlation(original, maps))
         ssim_rows.append(ssim(minmax_normalize(original), minmax_normalize(maps)))
-    return RandomisationResult(mode=mode, layers=order, targets=targets.cpu(),
-                               spearman=torch.stack(spearman_rows).cpu(), ssim=torch.stack(ssim_rows).cpu())
+    return RandomisationResult(mode=mode, layers=order, targets=targets, spearman=torch.stack(spearman_rows),
+                               ssim=torch.stack(ssim_rows))
 
 
 @register_metric("model-randomisation", category="sanity", result=RandomisationResult, explains=True,
