@@ -47,7 +47,8 @@ def test_a_layer_that_copies_a_colour_channel_has_colour_association_one():
     copy = PooledFeatures(lambda x: torch.cat([x[:, :1] - x[:, 1:2], x[:, 2:]], 1), stride=4)
     response = lr.layer_response(copy, images, images, stages={"only": "pool"}, top_units=1)
     assert response.grids["only"] == (8, 8)
-    torch.testing.assert_close(response.matched["only"]["colour"], torch.ones(6, dtype=torch.float64), atol=1e-5, rtol=0)
+    torch.testing.assert_close(response.matched["only"]["colour"], torch.ones(6, dtype=torch.float64), atol=1e-5,
+                               rtol=0)
     assert (response.chance["only"]["colour"] < 0.9).all()          # another image's colour is not copied
     assert response.properties == ["colour", "saturation", "texture", "edges"]
 
@@ -57,7 +58,8 @@ def test_a_layer_that_copies_the_subject_mask_has_subject_association_one():
     images = masks.float().expand(-1, 3, -1, -1).clone()            # the image is its own mask
     copy = PooledFeatures(lambda x: x[:, :1], stride=4)
     response = lr.layer_response(copy, images, images, masks=masks, stages={"only": "pool"}, top_units=1)
-    torch.testing.assert_close(response.matched["only"]["subject"], torch.ones(6, dtype=torch.float64), atol=1e-5, rtol=0)
+    torch.testing.assert_close(response.matched["only"]["subject"], torch.ones(6, dtype=torch.float64), atol=1e-5,
+                               rtol=0)
     assert float(response.specific("only", "subject").mean()) > 0.3
 
 
@@ -155,12 +157,13 @@ def test_top_activations_are_projected_back_to_the_filter_of_a_one_layer_network
     for index in range(5):
         images[index, :, 4 + index % 2:7 + index % 2, 5:8] = patch * (index + 1)   # brighter image, stronger unit
     channel = int(nn.functional.conv2d(patch[None], net[0].weight).flatten(1).argmax())
-    result = lr.top_activation_projections(net, images, images.clamp(0, 1), "1", channel=channel, top=3,
-                                           min_crop=3)
+    (result,) = lr.top_activation_projections(net, images, images.clamp(0, 1), "1", channels=[channel], top=3,
+                                              min_crop=3)
     assert result.images == [4, 3, 2] and result.crop == 3
     assert result.values == sorted(result.values, reverse=True)
-    for crop, value in zip(result.projection_crops, result.values):
-        torch.testing.assert_close(crop, value * net[0].weight[channel].detach())
+    for rule in ("deconvnet", "guided"):       # one rectifier, at the unit itself: both rules give the filter
+        for crop, value in zip(result.projection_crops[rule], result.values):
+            torch.testing.assert_close(crop, value * net[0].weight[channel].detach())
     for crop, index in zip(result.image_crops, result.images):
         row, col = result.positions[result.images.index(index)]
         torch.testing.assert_close(crop, images[index, :, row - 1:row + 2, col - 1:col + 2].clamp(0, 1))
@@ -173,3 +176,10 @@ def test_contrast_normalised_keeps_sign_and_maps_zero_to_grey():
     assert shown[0, 0, 0] == 1.0 and shown[1, 1, 1] == 0.0 and shown[2, 3, 3] == 0.5
     assert lr.contrast_normalised(torch.zeros(3, 2, 2)).unique().tolist() == [0.5]
     assert np.isclose(lr._mosaic(torch.rand(9, 3, 5, 5), tile=6).shape, (22, 22, 3)).all()
+
+
+def test_following_units_rank_by_best_component_and_skip_excluded():
+    response = constructed_response(0.1, 0.9)
+    response.unit_correlations = {"deep": {"colour": torch.tensor([[0.1, 0.7], [0.5, 0.2], [0.6, -0.9]])}}
+    assert lr.following_units(response, "deep", "colour", count=3) == [0, 2, 1]
+    assert lr.following_units(response, "deep", "colour", exclude=[0]) == [2]

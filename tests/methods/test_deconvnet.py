@@ -307,3 +307,43 @@ def test_class_projection_pass_count():
     with count_passes(net) as log:
         xaiimg.explain("deconvnet", net, images(2), target=[0, 1])
     assert log.forward_batches == [2] and log.backward_batches == [2]
+
+
+# ------------------------------------------------------------------------------------- guided rule (issue 16)
+def test_without_pooling_the_deconvnet_projection_ignores_the_image_and_the_guided_one_does_not():
+    """TinyLite has no max-pooling, so no switches: the deconvnet projection of a unit divided by the unit's value
+    is the same on every image (the motivation of Springenberg et al. 2015); the guided rule's follows the image."""
+    net = TinyLite()
+    x = images(3, seed=11)
+    value = feature_maps(net, x, "down.2")[:, 2, 1, 2]
+    assert ((value > 0) & (value < 6)).all()
+    deconvnet = DeconvProjection(layer="down.2", channel=2, location=(1, 2)).project(net, x) / value.view(-1, 1, 1, 1)
+    guided = DeconvProjection(layer="down.2", channel=2, location=(1, 2), rule="guided").project(net, x)
+    guided = guided / value.view(-1, 1, 1, 1)
+    torch.testing.assert_close(deconvnet[1:], deconvnet[:1].expand(2, -1, -1, -1))
+    assert (guided[1:] - guided[:1]).flatten(1).norm(dim=1).min() > 0.1 * guided[0].norm()
+
+
+def test_guided_rule_of_the_logit_matches_captum_guided_backprop_on_relu_net():
+    from captum.attr import GuidedBackprop
+
+    net = TinyVGG()
+    for m in net.modules():
+        if isinstance(m, nn.ReLU):
+            m.inplace = False
+    x = images(3, seed=11)
+    expected = GuidedBackprop(net).attribute(x, target=[1, 0, 2])
+    torch.testing.assert_close(DeconvProjection(rule="guided").project(net, x, [1, 0, 2]), expected,
+                               rtol=1e-10, atol=1e-12)
+
+
+def test_guided_rule_projects_a_unit_at_the_relu6_cap():
+    """The unit of test_saturated_relu6_passes_signal_unlike_gradient sits at the cap (gradient 0); counted as
+    active, it still projects under the guided rule, and only through paths the image switched on."""
+    net = TinyLite()
+    x = images(1, seed=5)
+    guided = DeconvProjection(layer="down.2", channel=4, location=(0, 0), rule="guided").project(net, x)
+    deconvnet = DeconvProjection(layer="down.2", channel=4, location=(0, 0)).project(net, x)
+    assert guided.abs().sum() > 0 and not torch.allclose(guided, deconvnet)
+    with pytest.raises(ValueError, match="rule must be one of"):
+        DeconvProjection(layer="down.2", rule="switches")

@@ -14,6 +14,14 @@ convolutions, which spread each signal over the stride-2 footprint of its filter
 affine map ``x * g/sqrt(var+eps) + shift``, whose transpose multiplies the signal by ``g/sqrt(var+eps)``. A skip
 connection ``y = f(x) + x`` is transposed into the sum of the signals of both paths.
 
+Without max-pooling there are no switches, and nothing in the backward pass depends on the image: the projection
+of a unit is a fixed pattern that only moves with the unit's position and scales with its value (EfficientNet-Lite's
+top-9 projections are nine copies of one speck or checkerboard). ``rule="guided"`` is the remedy of Springenberg et
+al. ("Striving for Simplicity: The All Convolutional Net", ICLR-W 2015, sec. 3.4), introduced for exactly such
+networks: the rectified signal is also multiplied by where the forward activation was positive, so the image
+selects the paths. For ``ReLU6`` the mask is the forward output ``> 0``: a unit at the cap fired (the strongest
+units of a ReLU6 layer sit there) and passes the signal, where the clip's derivative (0) would silence it.
+
 ReLUs must be ``nn.ReLU`` / ``nn.ReLU6`` modules (as for Captum's ``Deconvolution``); functional ReLUs inside a
 ``forward`` keep their ordinary gradient. Other activations (SiLU, GELU, ...) are passed with their gradient.
 """
@@ -38,32 +46,41 @@ from xaiimg.nn import (
 )
 
 RECTIFIED = (nn.ReLU, nn.ReLU6)
+RULES = ("deconvnet", "guided")
 
 
 class _RectifiedSignal(torch.autograd.Function):
-    """Forward: the activation's output value. Backward: ``ReLU(signal)`` to the activation's input."""
+    """Forward: the activation's output value. Backward: ``ReLU(signal) * active`` to the activation's input
+    (``active``: all ones for the deconvnet rule, the forward output ``> 0`` for the guided rule)."""
 
     @staticmethod
-    def forward(ctx, pre_activation, activation_value):
+    def forward(ctx, pre_activation, activation_value, active):
+        ctx.save_for_backward(active)
         return activation_value.clone()
 
     @staticmethod
     def backward(ctx, signal):
-        return signal.clamp(min=0), None
+        (active,) = ctx.saved_tensors
+        return signal.clamp(min=0) * active, None, None
 
 
 @contextmanager
-def deconvnet_rules(model: nn.Module) -> Iterator[int]:
-    """Inside the context, every ``nn.ReLU``/``nn.ReLU6`` of ``model`` passes ``ReLU(backward signal)`` to its input.
+def deconvnet_rules(model: nn.Module, rule: str = "deconvnet") -> Iterator[int]:
+    """Inside the context, every ``nn.ReLU``/``nn.ReLU6`` of ``model`` passes ``ReLU(backward signal)`` to its input
+    (``rule="deconvnet"``), masked by the forward output ``> 0`` with ``rule="guided"`` (module docstring).
     In-place activations run out of place meanwhile (their input must survive). Yields the number of modules hooked;
     hooks and ``inplace`` flags are restored on exit, also on error."""
+    if rule not in RULES:
+        raise ValueError(f"rule must be one of {RULES}, got {rule!r}")
     activations = [m for m in model.modules() if isinstance(m, RECTIFIED)]
     if not activations:
         raise ValueError(f"{type(model).__name__} has no nn.ReLU / nn.ReLU6 modules: the deconvnet rule has nothing "
                          "to rectify (functional ReLUs cannot be hooked)")
 
     def rectify(_module, inputs, output):
-        return _RectifiedSignal.apply(inputs[0], output.detach())
+        value = output.detach()
+        active = (value > 0).to(value.dtype) if rule == "guided" else torch.ones_like(value)
+        return _RectifiedSignal.apply(inputs[0], value, active)
 
     with ExitStack() as stack:
         for module in activations:
@@ -120,21 +137,26 @@ class DeconvProjection(ChannelReduced):
     convention of Captum's ``Deconvolution`` / Springenberg et al. 2015), otherwise ``target`` is ignored.
     ``channel``/``location``: the unit (see :func:`_select_unit`; default the layer's maximal activation per sample);
     the kept activation carries its own value, all others are zero, as in the paper.
+    ``rule``: ``"deconvnet"`` (Zeiler & Fergus) or ``"guided"`` (Springenberg et al. 2015, for networks without
+    max-pooling, where the deconvnet's projection does not depend on the image; module docstring).
     ``channel_reduction`` of the ``[B,3,H,W]`` projection to a map: ``"abs-max"`` (``max_c |a_c|``, Simonyan et al.
     2014), ``"sum"`` or ``"abs-sum"`` (:mod:`~xaiimg.methods.input_attribution_base`); :meth:`project` returns the
     projection itself for display.
     """
 
     def __init__(self, layer: str | nn.Module | None = None, channel: int | None = None,
-                 location: Sequence[int] | None = None, channel_reduction: str = "abs-max"):
+                 location: Sequence[int] | None = None, channel_reduction: str = "abs-max", rule: str = "deconvnet"):
+        if rule not in RULES:
+            raise ValueError(f"rule must be one of {RULES}, got {rule!r}")
         self.layer = layer
         self.channel = channel
         self.location = tuple(location) if location is not None else None
+        self.rule = rule
         super().__init__(channel_reduction)
 
     def project(self, model: nn.Module, x: torch.Tensor, target: TargetLike = None) -> torch.Tensor:
         """The deconvnet reconstruction ``[B, C_in, H, W]`` in the input's (normalised) space."""
-        with preserved_state(model), deconvnet_rules(model), frozen_parameters(model):
+        with preserved_state(model), deconvnet_rules(model, self.rule), frozen_parameters(model):
             inputs = x.detach().requires_grad_(True)
             if self.layer is None:
                 logits = model(inputs)

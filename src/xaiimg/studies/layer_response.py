@@ -49,14 +49,18 @@ import torch.nn.functional as F
 from torch import nn
 
 from xaiimg.methods.deconvnet import DeconvProjection
-from xaiimg.nn import capture_outputs, preserved_state, resolve_layer
+from xaiimg.nn import capture_outputs, forward_to, preserved_state, resolve_layer
 from xaiimg.ops import average_ranks, check_images, gaussian_blur, upsample
 from xaiimg.stats import bootstrap_mean
 from xaiimg.studies.reproduction import Claim, measured_claim
 
 PROPERTIES = ("colour", "saturation", "texture", "edges", "subject")
 LOW_LEVEL = ("colour", "saturation", "texture")       # the paper's "texture and colour"
-DEFAULT_STAGES = {"stem": "bn1", "shallow": "blocks.1", "middle": "blocks.3", "deep": "bn2"}  # EfficientNet-Lite0
+# EfficientNet-Lite0, input to output: the stem, the seven stages' outputs (strides 2, 4, 8, 16, 16, 32, 32) and the
+# 1280-channel map after conv_head that the classifier (and the aesthetic model's attention) reads.
+DEFAULT_STAGES = {"stem": "bn1", "block 0": "blocks.0", "shallow": "blocks.1", "block 2": "blocks.2",
+                  "middle": "blocks.3", "block 4": "blocks.4", "block 5": "blocks.5", "block 6": "blocks.6",
+                  "deep": "bn2"}
 TEXTURE_SIGMA = 1.0
 EDGE_SIGMA = 3.0
 LUMINANCE = (0.299, 0.587, 0.114)
@@ -248,6 +252,42 @@ def response_table(responses: Mapping[str, LayerResponse], seed: int = 0) -> lis
     return rows
 
 
+def response_profile_figure(rows: Sequence[Mapping]):
+    """Per data set, the specific association of each property along the layers (rows of :func:`response_table`):
+    the mean over images with its 95% bootstrap interval."""
+    from matplotlib.figure import Figure
+
+    datasets = list(dict.fromkeys(row["data"] for row in rows))
+    figure = Figure(figsize=(5.2 * len(datasets), 3.4), layout="constrained")
+    axes = figure.subplots(1, len(datasets), squeeze=False)[0]
+    for axis, dataset in zip(axes, datasets):
+        selected = [row for row in rows if row["data"] == dataset]
+        stages = list(dict.fromkeys(row["stage"] for row in selected))
+        for prop in dict.fromkeys(row["property"] for row in selected):
+            line = [next(row for row in selected if row["stage"] == stage and row["property"] == prop)
+                    for stage in stages]
+            mean = [row["mean"] for row in line]
+            axis.plot(range(len(stages)), mean, marker="o", markersize=3, label=prop)
+            axis.fill_between(range(len(stages)), [row["ci_low"] for row in line], [row["ci_high"] for row in line],
+                              alpha=0.2, linewidth=0)
+        grids = {row["stage"]: row["grid"] for row in selected}
+        axis.set_xticks(range(len(stages)), [f"{stage}\n{grids[stage]}" for stage in stages], fontsize=6,
+                        rotation=45)
+        axis.axhline(0, color="grey", linewidth=0.5)
+        axis.set_ylabel("association beyond chance")
+        axis.set_title(f"{dataset} (n={selected[0]['n']})", fontsize=9)
+        axis.legend(fontsize=6)
+    return figure
+
+
+def following_units(response: LayerResponse, stage: str, prop: str, count: int = 1,
+                    exclude: Sequence[int] = ()) -> list[int]:
+    """The ``count`` channels of ``stage`` (other than ``exclude``) with the highest mean correlation (over images,
+    best component) with ``prop``: the units that follow the property, e.g. to show in :func:`projection_figure`."""
+    order = response.unit_correlations[stage][prop].amax(1).argsort(descending=True, stable=True).tolist()
+    return [channel for channel in order if channel not in set(exclude)][:count]
+
+
 def depth_differences(response: LayerResponse, shallow: str = "shallow", deep: str = "deep") -> dict[str, np.ndarray]:
     """Per image, ``specific`` at ``deep`` minus at ``shallow`` for each property and for the low-level mean."""
     for stage in (shallow, deep):
@@ -297,8 +337,9 @@ def layer_claims(photos: LayerResponse, scenes: LayerResponse, model: str, photo
 @dataclass
 class ChannelProjections:
     """One channel's strongest activations over a set of images: ``images`` (indices into the set), ``positions``
-    (``(row, col)`` on the layer's grid), ``values``; ``image_crops`` and ``projection_crops``: ``[k, 3, s, s]``
-    crops of the input (in [0, 1]) and of the deconvnet projection around each unit, ``s`` = ``crop``."""
+    (``(row, col)`` on the layer's grid), ``values``; ``image_crops``: ``[k, 3, s, s]`` crops of the input (in
+    [0, 1]) around each unit, ``s`` = ``crop``; ``projection_crops[rule]``: the same crops of each unit's projection
+    by that rule (``"deconvnet"``, ``"guided"``: :class:`~xaiimg.methods.deconvnet.DeconvProjection`)."""
 
     layer: str
     channel: int
@@ -306,7 +347,7 @@ class ChannelProjections:
     positions: list[tuple[int, int]]
     values: list[float]
     image_crops: torch.Tensor
-    projection_crops: torch.Tensor
+    projection_crops: dict[str, torch.Tensor]
     crop: int
 
 
@@ -331,42 +372,51 @@ def _crop(image: torch.Tensor, centre: tuple[float, float], side: int) -> torch.
 
 
 def top_activation_projections(model: nn.Module, x: torch.Tensor, images01: torch.Tensor, layer: str,
-                               channel: int, top: int = 9, mass: float = 0.9,
-                               min_crop: int = 16) -> ChannelProjections:
-    """Zeiler & Fergus (2014, Fig. 2): the ``top`` images whose strongest activation of ``channel`` in ``layer``
-    is highest (one unit per image, its argmax position), each unit projected back alone by the deconvnet.
+                               channels: Sequence[int], top: int = 9, rules: Sequence[str] = ("deconvnet", "guided"),
+                               mass: float = 0.9, min_crop: int = 16) -> list[ChannelProjections]:
+    """Zeiler & Fergus (2014, Fig. 2), per channel of ``layer``: the ``top`` images whose strongest activation of
+    the channel is highest (one unit per image, at its argmax), each unit projected back alone by each of
+    ``rules``: ``"deconvnet"`` (Z&F) and ``"guided"`` (Springenberg et al. 2015; on a network without max-pooling
+    the deconvnet's projection does not depend on the image, :mod:`xaiimg.methods.deconvnet`).
 
-    The crop side (one per channel) is the median over the ``top`` projections of the smallest square around the
-    unit's centre that holds ``mass`` of the projection's absolute value (its effective receptive field; Luo et
-    al., NeurIPS 2016), at least ``min_crop`` pixels and at most the image. Projections are returned as computed;
-    :func:`projection_figure` normalises each crop for display.
+    The crop side (one per channel) is the median over the ``top`` units of the smallest square around the unit's
+    centre that holds ``mass`` of the absolute value of its last rule's projection (the effective receptive field;
+    Luo et al., NeurIPS 2016), at least ``min_crop`` pixels and at most the image. Projections are returned as
+    computed; :func:`projection_figure` normalises each crop for display. One forward pass to the layer, then one
+    forward-backward per channel and rule on its ``top`` images.
     """
     check_images(x)
     if images01.shape != x.shape:
         raise ValueError(f"images01 must be x in [0, 1] with the same shape {tuple(x.shape)}")
-    if not 0 < mass <= 1 or top < 1:
-        raise ValueError(f"need 0 < mass <= 1 and top >= 1, got mass={mass}, top={top}")
+    if not 0 < mass <= 1 or top < 1 or not rules:
+        raise ValueError(f"need 0 < mass <= 1, top >= 1 and a rule, got mass={mass}, top={top}, rules={rules}")
     module = resolve_layer(model, layer)
-    with preserved_state(model), torch.no_grad(), capture_outputs([module]) as outputs:
-        model(x)
-    activation = outputs[0]
-    if not 0 <= channel < activation.shape[1]:
-        raise ValueError(f"channel {channel} out of range for {layer} with {activation.shape[1]} channels")
-    strongest = activation[:, channel].flatten(1).max(1)
-    chosen = strongest.values.argsort(descending=True, stable=True)[:top]
+    with preserved_state(model), torch.no_grad():
+        activation = forward_to(model, x, module)
+    bad = [channel for channel in channels if not 0 <= channel < activation.shape[1]]
+    if bad:
+        raise ValueError(f"channels {bad} out of range for {layer} with {activation.shape[1]} channels")
     grid = activation.shape[-2:]
-    projections = DeconvProjection(layer=layer, channel=channel).project(model, x[chosen])
     stride = (x.shape[-2] / grid[0], x.shape[-1] / grid[1])
-    positions = [divmod(int(strongest.indices[i]), grid[1]) for i in chosen]
-    centres = [((row + 0.5) * stride[0], (col + 0.5) * stride[1]) for row, col in positions]
-    sides = [_mass_square(projection, centre, mass) for projection, centre in zip(projections, centres)]
-    side = int(min(max(int(np.median(sides)), min_crop), *x.shape[-2:]))
-    return ChannelProjections(
-        layer=layer, channel=channel, images=chosen.tolist(), positions=positions,
-        values=[float(strongest.values[i]) for i in chosen],
-        image_crops=torch.stack([_crop(images01[i], centre, side) for i, centre in zip(chosen.tolist(), centres)]),
-        projection_crops=torch.stack([_crop(p, centre, side) for p, centre in zip(projections, centres)]),
-        crop=side)
+    results = []
+    for channel in channels:
+        strongest = activation[:, channel].flatten(1).max(1)
+        chosen = strongest.values.argsort(descending=True, stable=True)[:top]
+        projections = {rule: DeconvProjection(layer=layer, channel=channel, rule=rule).project(model, x[chosen])
+                       for rule in rules}
+        positions = [divmod(int(strongest.indices[i]), grid[1]) for i in chosen]
+        centres = [((row + 0.5) * stride[0], (col + 0.5) * stride[1]) for row, col in positions]
+        sides = [_mass_square(projection, centre, mass) for projection, centre in zip(projections[rules[-1]], centres)]
+        side = int(min(max(int(np.median(sides)), min_crop), *x.shape[-2:]))
+        results.append(ChannelProjections(
+            layer=layer, channel=channel, images=chosen.tolist(), positions=positions,
+            values=[float(strongest.values[i]) for i in chosen],
+            image_crops=torch.stack([_crop(images01[i], centre, side)
+                                     for i, centre in zip(chosen.tolist(), centres)]),
+            projection_crops={rule: torch.stack([_crop(p, centre, side) for p, centre in zip(values, centres)])
+                              for rule, values in projections.items()},
+            crop=side))
+    return results
 
 
 def contrast_normalised(projection: torch.Tensor, percentile: float = 99.0) -> torch.Tensor:
@@ -390,27 +440,29 @@ def _mosaic(tiles: torch.Tensor, tile: int, columns: int = 3) -> np.ndarray:
 
 
 def projection_figure(projections: Mapping[str, Sequence[ChannelProjections]], labels: Mapping[str, Sequence[str]]
-                      | None = None, tile: int = 48, images: int | None = None):
-    """One row per stage; per channel, the mosaic of input crops beside the mosaic of their deconvnet projections
-    (each contrast-normalised, :func:`contrast_normalised`). ``labels[stage][j]``: a caption for channel ``j``
+                      | None = None, tile: int = 40, images: int | None = None):
+    """One row per stage; per channel, the mosaic of input crops, then one mosaic per projection rule (each crop
+    contrast-normalised on its own, :func:`contrast_normalised`). ``labels[stage][j]``: a caption for channel ``j``
     (e.g. the property it follows); ``images``: the size of the set the units were drawn from, for the titles."""
     from matplotlib.figure import Figure
 
-    columns = max(len(channels) for channels in projections.values())
-    figure = Figure(figsize=(2.3 * 2 * columns, 2.5 * len(projections)), layout="constrained")
-    axes = figure.subplots(len(projections), 2 * columns, squeeze=False)
+    channels_per_row = max(len(channels) for channels in projections.values())
+    rules = list(next(iter(projections.values()))[0].projection_crops)
+    panels = 1 + len(rules)
+    figure = Figure(figsize=(1.75 * panels * channels_per_row, 1.95 * len(projections)), layout="constrained")
+    axes = figure.subplots(len(projections), panels * channels_per_row, squeeze=False)
+    for axis in axes.flat:
+        axis.axis("off")
     for row, (stage, channels) in enumerate(projections.items()):
-        for col in range(columns):
-            crop_axis, projection_axis = axes[row, 2 * col], axes[row, 2 * col + 1]
-            crop_axis.axis("off"), projection_axis.axis("off")
-            if col >= len(channels):
-                continue
-            result = channels[col]
-            crop_axis.imshow(_mosaic(result.image_crops, tile))
-            normalised = torch.stack([contrast_normalised(p) for p in result.projection_crops])
-            projection_axis.imshow(_mosaic(normalised, tile))
+        for col, result in enumerate(channels):
             label = f"{labels[stage][col]}: " if labels else ""
-            crop_axis.set_title(f"{stage} ({result.layer})\n{label}channel {result.channel}", fontsize=7)
-            shown = f"top {len(result.images)}" + (f" of {images} images" if images else "")
-            projection_axis.set_title(f"deconvnet, {shown}\ncrop {result.crop} px", fontsize=7)
+            first = axes[row, panels * col]
+            first.imshow(_mosaic(result.image_crops, tile))
+            shown = f"top {len(result.images)}" + (f"/{images}" if images else "")
+            first.set_title(f"{stage} ({result.layer}) {label}\nchannel {result.channel}, {shown}, {result.crop} px",
+                            fontsize=6)
+            for offset, rule in enumerate(rules, start=1):
+                normalised = torch.stack([contrast_normalised(p) for p in result.projection_crops[rule]])
+                axes[row, panels * col + offset].imshow(_mosaic(normalised, tile))
+                axes[row, panels * col + offset].set_title(rule, fontsize=6)
     return figure
