@@ -183,3 +183,14 @@ def test_following_units_rank_by_best_component_and_skip_excluded():
     response.unit_correlations = {"deep": {"colour": torch.tensor([[0.1, 0.7], [0.5, 0.2], [0.6, -0.9]])}}
     assert lr.following_units(response, "deep", "colour", count=3) == [0, 2, 1]
     assert lr.following_units(response, "deep", "colour", exclude=[0]) == [2]
+
+
+def test_figures_have_one_row_per_stage_and_one_line_per_property():
+    rows = lr.response_table({"scenes": constructed_response(0.1, 0.9)})
+    (axis,) = lr.response_profile_figure(rows).axes
+    assert len(axis.lines) == len(lr.PROPERTIES) + 1 and axis.get_title() == "scenes (n=12)"  # + the zero line
+    net = nn.Sequential(nn.Conv2d(3, 2, 3, padding=1), nn.ReLU(), nn.Flatten())
+    images = smooth_images(4, size=16)
+    results = lr.top_activation_projections(net, images, images, "1", channels=[0, 1], top=2)
+    figure = lr.projection_figure({"a": results, "b": results[:1]}, {"a": ["x", "y"], "b": ["x"]})
+    assert len(figure.axes) == 2 * 2 * 3 and [ax.get_title() for ax in figure.axes[1:3]] == ["deconvnet", "guided"]

@@ -125,7 +125,7 @@ def _full_resolution_properties(images01: torch.Tensor, masks: torch.Tensor | No
 def _standardised_ranks(maps: torch.Tensor) -> torch.Tensor:
     """``[B, N, h, w] -> [B, N, h*w]``: average ranks, centred, unit norm (zero for a constant map), so the dot
     product of two rows is Spearman's rho."""
-    ranks = average_ranks(maps.flatten(2).double())
+    ranks = average_ranks(maps.flatten(2))
     ranks = ranks - ranks.mean(-1, keepdim=True)
     norm = ranks.norm(dim=-1, keepdim=True)
     return torch.where(norm > 1e-9, ranks / norm.clamp_min(1e-9), 0.0)
