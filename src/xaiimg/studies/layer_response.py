@@ -313,23 +313,29 @@ def layer_claims(photos: LayerResponse, scenes: LayerResponse, model: str, photo
     def details(differences: dict[str, np.ndarray]) -> dict:
         return {prop: bootstrap_mean(diff, seed=seed).as_row() for prop, diff in differences.items()}
 
+    def peak(response: LayerResponse, props: Sequence[str]) -> str:
+        means = {stage: float(torch.stack([response.specific(stage, prop) for prop in props]).mean())
+                 for stage in response.layers}
+        best = max(means, key=means.get)
+        return f"Highest at {best} ({response.layers[best]}): {means[best]:.2f}; at {deep}: {means[deep]:.2f}."
+
     common = {"paper": "aesthetic", "model": model}
     return [
         measured_claim("aesthetic/layers-colour-texture", where="Fig. 5", statement="Shallow layers respond to "
                        "texture and colour more than deep layers", paper_value="qualitative (feature maps)",
                        measure=measure + f"mean of colour, saturation, texture; {layers}", data=photo_data,
                        estimate=bootstrap_mean(photo_diff["low-level"], seed=seed), direction="less",
-                       details=details(photo_diff), **common),
+                       note=peak(photos, LOW_LEVEL), details=details(photo_diff), **common),
         measured_claim("aesthetic/layers-contours", where="Figs. 5-6", statement="Deep layers respond to contours "
                        "and shape more than shallow layers", paper_value="qualitative (feature maps)",
                        measure=measure + f"edges (Sobel of the sigma-{EDGE_SIGMA:g} smoothed luminance); {layers}",
                        data=photo_data, estimate=bootstrap_mean(photo_diff["edges"], seed=seed),
-                       direction="greater", details=details(photo_diff), **common),
+                       direction="greater", note=peak(photos, ["edges"]), details=details(photo_diff), **common),
         measured_claim("aesthetic/layers-subject", where="Fig. 6", statement="Deep layers separate the subject "
                        "from the background more than shallow layers", paper_value="qualitative (feature maps)",
                        measure=measure + f"subject mask; {layers}", data=scene_data,
                        estimate=bootstrap_mean(scene_diff["subject"], seed=seed), direction="greater",
-                       details=details(scene_diff), **common),
+                       note=peak(scenes, ["subject"]), details=details(scene_diff), **common),
     ]
 
 
