@@ -85,8 +85,8 @@ def test_subject_changes_stay_inside_the_mask_and_change_the_score():
         assert differs.any() and not (differs & ~mask).any()  # every changed pixel is a subject pixel
         assert scene_score(changed, CONFIG) < scene_score(a, CONFIG)
     # blur lowers the subject's high-frequency energy (what "sharpness" reads)
-    sharp, _ = render_scene(scene({"blur": 0.0, "period": 0.04}), CONFIG, PHOTOS)
-    blurred, _ = render_scene(scene({"blur": 1.0, "period": 0.04}), CONFIG, PHOTOS)
+    sharp, _ = render_scene(scene({"blur": 0.0, "period": 0.2}), CONFIG, PHOTOS)
+    blurred, _ = render_scene(scene({"blur": 1.0, "period": 0.2}), CONFIG, PHOTOS)
 
     def detail(img):
         return (img[:, 1:, :] - img[:, :-1, :]).abs()[mask[:, 1:, :].expand(3, -1, -1)].mean()

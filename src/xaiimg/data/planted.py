@@ -54,20 +54,21 @@ EXPOSURE_CENTRE, EXPOSURE_HALF_RANGE = 0.5, 0.35
 
 @dataclass(frozen=True)
 class PlantedConfig:
-    """Generator settings. Blur sigmas are in pixels at ``size=224`` and scale with ``size``; fractions are of the
-    image side. ``weights`` are the subject rule's (sharpness, exposure, harmony); ``composition_weights`` the
-    composition rule's (placement, depth of field, contrast), as in
+    """Generator settings. The subject's maximum blur sigma is a fraction of its stripe period (so a fully blurred
+    subject has lost its stripes at any period); the background's is in pixels at ``size=224`` and scales with
+    ``size``; other fractions are of the image side. ``weights`` are the subject rule's (sharpness, exposure,
+    harmony); ``composition_weights`` the composition rule's (placement, depth of field, contrast), as in
     :class:`~xaiimg.data.composition.CompositionConfig`."""
 
     size: int = 128
     rule: str = "subject"
     radius_range: tuple[float, float] = (0.17, 0.27)
-    max_subject_blur: float = 3.0
+    max_subject_blur: float = 0.35           # sigma at blur 1, fraction of the stripe period
     max_background_blur: float = 4.0
     luminance_range: tuple[float, float] = (0.15, 0.85)
     saturation: float = 0.65
     stripe_contrast: float = 0.35
-    period_range: tuple[float, float] = (0.035, 0.06)
+    period_range: tuple[float, float] = (0.07, 0.12)
     texture_fraction: float = 0.3            # share of procedural-texture backgrounds (the rest: photo crops)
     crop_range: tuple[float, float] = (0.35, 1.0)  # crop side, fraction of the photo's shorter side
     weights: tuple[float, float, float] = (0.4, 0.35, 0.25)
@@ -308,7 +309,7 @@ def render_subject(subject: Subject, config: PlantedConfig) -> tuple[torch.Tenso
         colours.append(rgb / float((rgb * torch.tensor(LUMA)).sum()))  # unit luminance
     levels = subject.luminance * (1 + config.stripe_contrast * torch.where(stripe, 1.0, -1.0))
     texture = torch.where(stripe, colours[0].view(3, 1, 1), colours[1].view(3, 1, 1)) * levels
-    texture = _blur(texture.clamp(0, 1), subject.blur * config.max_subject_blur * size / 224)
+    texture = _blur(texture.clamp(0, 1), subject.blur * config.max_subject_blur * subject.period * size)
     return texture.clamp(0, 1), shape_mask(subject.shape, subject.centre, subject.radius, size)[None]
 
 

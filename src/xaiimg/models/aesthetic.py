@@ -11,6 +11,14 @@ Architecture (``AestheticModel``)::
     distribution p = softmax(logits); score = sum_i i * p_i in [1, 10]  (classify-then-regress)
 
 ``attention=False`` is the paper's "feature extraction only" branch: the aggregate is the backbone map itself.
+``reduced_channels=r`` puts DANet's channel reduction in front of the aggregate in both variants (DANet's head
+reduces the backbone's channels to ``in_channels // 4`` before its attention modules, ``DANetHead.conv5a/conv5c``;
+here one 1x1 convolution + ReLU): the channel attention's ``C x C`` weights shrink by ``(1280 / r)^2`` and the two
+variants still differ only by the attention modules.
+
+Fine-tuning the last backbone stage from cached features: :meth:`AestheticModel.stage_input` runs the backbone up
+to a stage (``"blocks.6"``, Lite0's last stage, by default), :meth:`AestheticModel.forward_from` runs the rest and
+the head, and :meth:`AestheticModel.trainable_from` names the backbone modules from that stage on.
 Both variants end in GAP + one linear layer, so CAM (Zhou et al., CVPR 2016) is exact at ``model.aggregate``,
 the ``default_layer`` of the attached :class:`~xaiimg.models.zoo.ModelSpec`.
 
@@ -189,7 +197,8 @@ class AestheticModel(nn.Module):
 
     def __init__(self, backbone: str | nn.Module = "efficientnet_lite0", attention: bool = True,
                  aggregation: str = "concat", weights="default", feature_channels: int | None = None,
-                 reduction: int = 8, energy_mode: str = "danet-code", dropout: float = 0.0):
+                 reduction: int = 8, energy_mode: str = "danet-code", dropout: float = 0.0,
+                 reduced_channels: int | None = None):
         super().__init__()
         if isinstance(backbone, str):
             self.backbone = efficientnet_features(backbone, weights)
@@ -199,6 +208,8 @@ class AestheticModel(nn.Module):
             feature_channels = self.backbone.num_features
             self.config = dict(backbone=backbone, attention=attention, aggregation=aggregation,
                                reduction=reduction, energy_mode=energy_mode, dropout=dropout)
+            if reduced_channels is not None:
+                self.config["reduced_channels"] = reduced_channels
         elif isinstance(backbone, nn.Module):
             self.backbone = backbone
             feature_channels = feature_channels or getattr(backbone, "num_features", None)
@@ -208,6 +219,13 @@ class AestheticModel(nn.Module):
             self.config = None
         else:
             raise TypeError(f"backbone must be a zoo name or an nn.Module, got {type(backbone).__name__}")
+        if reduced_channels is not None:
+            if reduced_channels < 1:
+                raise ValueError(f"reduced_channels must be a positive channel count, got {reduced_channels}")
+            self.reduce = nn.Sequential(nn.Conv2d(feature_channels, reduced_channels, 1), nn.ReLU())
+            feature_channels = reduced_channels
+        else:
+            self.reduce = nn.Identity()
         if attention:
             self.aggregate = DualAttention(feature_channels, aggregation, reduction, energy_mode)
             pooled_channels = self.aggregate.out_channels
@@ -226,7 +244,7 @@ class AestheticModel(nn.Module):
 
     def forward_head(self, features: torch.Tensor) -> torch.Tensor:
         """Bin logits from backbone features ``[B,C,h,w]`` (training on cached features uses this)."""
-        pooled = self.pool(self.aggregate(features)).flatten(1)
+        pooled = self.pool(self.aggregate(self.reduce(features))).flatten(1)
         return self.classifier(self.dropout(pooled))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -242,6 +260,35 @@ class AestheticModel(nn.Module):
 
     def as_score_model(self) -> ScoreHead:
         return ScoreHead(self)
+
+    def _stage_index(self, stage: str) -> int:
+        blocks = getattr(self.backbone, "blocks", None)
+        names = [f"blocks.{k}" for k in range(len(blocks))] if blocks is not None else []
+        if stage not in names:
+            raise ValueError(f"stage must name a backbone stage, one of {names or 'none (a custom backbone)'}; "
+                             f"got {stage!r}")
+        return names.index(stage)
+
+    def stage_input(self, x: torch.Tensor, stage: str = "blocks.6") -> torch.Tensor:
+        """The backbone's features entering ``stage`` (stem and the stages before it)."""
+        index, net = self._stage_index(stage), self.backbone
+        h = net.bn1(net.conv_stem(x))
+        for block in net.blocks[:index]:
+            h = block(h)
+        return h
+
+    def forward_from(self, h: torch.Tensor, stage: str = "blocks.6") -> torch.Tensor:
+        """Bin logits from the features entering ``stage``: the remaining stages, conv_head + BN, then the head;
+        ``forward_from(stage_input(x, s), s) == forward(x)``."""
+        index, net = self._stage_index(stage), self.backbone
+        for block in net.blocks[index:]:
+            h = block(h)
+        return self.forward_head(net.bn2(net.conv_head(h)))
+
+    def trainable_from(self, stage: str = "blocks.6") -> tuple[str, ...]:
+        """Backbone module names from ``stage`` on (for :meth:`freeze_backbone`): those stages, conv_head, bn2."""
+        index = self._stage_index(stage)
+        return (*(f"blocks.{k}" for k in range(index, len(self.backbone.blocks))), "conv_head", "bn2")
 
     def freeze_backbone(self, trainable: Sequence[str] = ()) -> None:
         """Freeze the backbone except the named submodules (e.g. ``("blocks.6", "conv_head", "bn2")``)."""

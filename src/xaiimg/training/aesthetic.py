@@ -3,7 +3,8 @@ metrics, prediction, evaluation and the training loop.
 
 :func:`train_aesthetic` minimises EMD (r=2, Talebi & Milanfar, NIMA, TIP 2018) between the predicted and the
 target vote distribution plus ``score_weight`` x MSE of the regressed score; a frozen backbone's features are
-computed once and cached (:func:`cache_features`).
+computed once and cached (:func:`cache_features`). To fine-tune the last backbone stage, the features entering it
+are cached instead (:func:`cache_stage_inputs`, ``start_stage=``) and the stage, conv_head and the head train on them.
 """
 from __future__ import annotations
 
@@ -88,15 +89,39 @@ def cache_features(model: AestheticModel, dataset: Dataset, batch_size: int = 32
 
 
 @torch.no_grad()
+def cache_stage_inputs(model: AestheticModel, dataset: Dataset, stage: str = "blocks.6",
+                       batch_size: int = 32) -> TensorDataset:
+    """``(features entering stage, distribution)`` pairs: the backbone's frozen stem and stages before ``stage``
+    run once, in eval mode (Lite0 at 128 px before ``blocks.6``: 192x4x4 floats, 12 KB an image)."""
+    was_training = model.backbone.training
+    model.backbone.eval()
+    try:
+        features, targets = [], []
+        for batch in DataLoader(dataset, batch_size=batch_size, shuffle=False):
+            features.append(model.stage_input(batch[0], stage))
+            targets.append(batch[1])
+    finally:
+        model.backbone.train(was_training)
+    return TensorDataset(torch.cat(features), torch.cat(targets).float())
+
+
+def _forward(model: AestheticModel, inputs: torch.Tensor, cached: bool, start_stage: str | None) -> torch.Tensor:
+    if start_stage is not None:
+        return model.forward_from(inputs, start_stage)
+    return model.forward_head(inputs) if cached else model(inputs)
+
+
+@torch.no_grad()
 def predict(model: AestheticModel, dataset: Dataset, batch_size: int = 32,
-            cached: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-    """Predicted and target distributions ``[N,10]`` in eval mode (``cached``: items hold backbone features)."""
+            cached: bool = False, start_stage: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Predicted and target distributions ``[N,10]`` in eval mode (``cached``: items hold backbone features;
+    ``start_stage``: items hold the features entering that stage, :func:`cache_stage_inputs`)."""
     was_training = model.training
     model.eval()
     try:
         predicted, targets = [], []
         for batch in DataLoader(dataset, batch_size=batch_size, shuffle=False):
-            logits = model.forward_head(batch[0]) if cached else model(batch[0])
+            logits = _forward(model, batch[0], cached, start_stage)
             predicted.append(logits.softmax(-1))
             targets.append(batch[1].float())
     finally:
@@ -105,9 +130,9 @@ def predict(model: AestheticModel, dataset: Dataset, batch_size: int = 32,
 
 
 def evaluate_aesthetic(model: AestheticModel, dataset: Dataset, batch_size: int = 32, cached: bool = False,
-                       score_weight: float = 0.0) -> dict[str, float]:
+                       score_weight: float = 0.0, start_stage: str | None = None) -> dict[str, float]:
     """Loss terms and score metrics (SRCC, PLCC, MSE, binary accuracy at 5) of ``model`` on ``dataset``."""
-    predicted, targets = predict(model, dataset, batch_size, cached)
+    predicted, targets = predict(model, dataset, batch_size, cached, start_stage)
     metrics = score_metrics(mean_score(predicted), mean_score(targets))
     metrics["emd"] = float(emd_loss(predicted, targets))
     metrics["loss"] = metrics["emd"] + score_weight * metrics["mse"]
@@ -137,7 +162,8 @@ class TrainingOutputs:
 def train_aesthetic(model: AestheticModel, train_set: Dataset, val_set: Dataset | None = None,
                     outputs: TrainingOutputs | None = None, *, epochs: int = 20, batch_size: int = 32, lr: float = 1e-3,
                     weight_decay: float = 1e-4, score_weight: float = 0.1, trainable_backbone: Sequence[str] = (),
-                    inputs: str = "images", cache: bool = True, seed: int = 0, log=None) -> dict:
+                    inputs: str = "images", cache: bool = True, seed: int = 0, start_stage: str | None = None,
+                    log=None) -> dict:
     """Train with Adam on EMD + ``score_weight`` x MSE; returns (and writes) per-epoch metrics.
 
     Items of ``train_set``/``val_set`` are ``(image [3,H,W], distribution [10])``, or with
@@ -146,6 +172,10 @@ def train_aesthetic(model: AestheticModel, train_set: Dataset, val_set: Dataset 
     held in memory (Lite0 at 224 px: 1280x7x7 floats, 251 KB an image) and only the attention + head train; the
     result equals running the frozen backbone every step (``cache=False``, for sets that do not fit in memory):
     it is in eval mode either way.
+    ``start_stage`` (e.g. ``"blocks.6"``, Lite0's last stage) fine-tunes the backbone from that stage on
+    (``trainable_backbone`` defaults to :meth:`AestheticModel.trainable_from`; it may not reach before the stage):
+    the features entering the stage are cached once (:func:`cache_stage_inputs`; or given, ``inputs="stage-inputs"``)
+    and the stage, conv_head, BN and the head train on them, the frozen stages before it in eval mode.
     Shuffling and dropout use ``seed``; on CPU the run is deterministic given the model's initial weights (seed
     torch before constructing the model). ``outputs`` receive, every epoch, the last checkpoint and the best one
     (lowest validation loss, or the last epoch without ``val_set``), and at the end the metrics (JSON).
@@ -155,16 +185,31 @@ def train_aesthetic(model: AestheticModel, train_set: Dataset, val_set: Dataset 
         _check_pairs(val_set, "validation")
     if epochs < 1 or batch_size < 1:
         raise ValueError(f"epochs and batch_size must be >= 1, got {epochs}, {batch_size}")
-    if inputs not in ("images", "features"):
-        raise ValueError(f"inputs must be 'images' or 'features', got {inputs!r}")
+    if inputs not in ("images", "features", "stage-inputs"):
+        raise ValueError(f"inputs must be 'images', 'features' or 'stage-inputs', got {inputs!r}")
+    if inputs == "stage-inputs" and start_stage is None:
+        raise ValueError("inputs='stage-inputs' needs start_stage (the stage the cached features enter)")
+    if inputs == "features" and start_stage is not None:
+        raise ValueError("start_stage trains from the features entering a stage: pass images or stage-inputs")
     torch.manual_seed(seed)
     generator = torch.Generator().manual_seed(seed)
+    if start_stage is not None:
+        suffix = model.trainable_from(start_stage)
+        trainable_backbone = tuple(trainable_backbone) or suffix
+        early = [name for name in trainable_backbone
+                 if not any(name == s or name.startswith(s + ".") for s in suffix)]
+        if early:
+            raise ValueError(f"trainable_backbone {early} lies before start_stage {start_stage!r}, whose inputs "
+                             "are cached; train from an earlier stage instead")
     model.freeze_backbone(trainable_backbone)
     if inputs == "features" and not model.frozen_backbone():
         raise ValueError("cached features need a fully frozen backbone; drop trainable_backbone or pass images")
-    cached = model.frozen_backbone() and (cache or inputs == "features")
+    cached = start_stage is None and model.frozen_backbone() and (cache or inputs == "features")
     started = time.perf_counter()
-    if cached and inputs == "images":
+    if start_stage is not None and inputs == "images":
+        train_set = cache_stage_inputs(model, train_set, start_stage, batch_size)
+        val_set = cache_stage_inputs(model, val_set, start_stage, batch_size) if val_set is not None else None
+    elif cached and inputs == "images":
         train_set = cache_features(model, train_set, batch_size)
         val_set = cache_features(model, val_set, batch_size) if val_set is not None else None
     cache_seconds = time.perf_counter() - started
@@ -176,7 +221,7 @@ def train_aesthetic(model: AestheticModel, train_set: Dataset, val_set: Dataset 
         total, count = 0.0, 0
         for batch in DataLoader(train_set, batch_size=batch_size, shuffle=True, generator=generator):
             inputs, targets = batch[0], batch[1].float()
-            logits = model.forward_head(inputs) if cached else model(inputs)
+            logits = _forward(model, inputs, cached, start_stage)
             loss = aesthetic_loss(logits, targets, score_weight)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -185,7 +230,7 @@ def train_aesthetic(model: AestheticModel, train_set: Dataset, val_set: Dataset 
             count += len(inputs)
         record = {"epoch": epoch, "train_loss": total / count}
         if val_set is not None:
-            record["val"] = evaluate_aesthetic(model, val_set, batch_size, cached, score_weight)
+            record["val"] = evaluate_aesthetic(model, val_set, batch_size, cached, score_weight, start_stage)
         history.append(record)
         if log is not None:
             log(record)
@@ -202,6 +247,8 @@ def train_aesthetic(model: AestheticModel, train_set: Dataset, val_set: Dataset 
               "trainable_backbone": list(trainable_backbone), "cached_features": cached,
               "cache_seconds": cache_seconds, "train_seconds": time.perf_counter() - started - cache_seconds,
               "best_epoch": best[1], "history": history}
+    if start_stage is not None:
+        result["start_stage"] = start_stage
     if outputs is not None:
         outputs.metrics.parent.mkdir(parents=True, exist_ok=True)
         # measured durations differ between reruns: returned, not written beside the checkpoints
