@@ -63,7 +63,8 @@ def stage_problems(stage: dict) -> list[str]:
 
 @pytest.mark.parametrize("name", sorted(STAGES))
 def test_every_stage_depends_on_the_package_and_its_notebook(name):
-    assert stage_problems(STAGES[name]) == []
+    stage = STAGES[name]
+    assert stage_problems(stage.get("do", stage)) == []      # a foreach stage's template is its "do" block
 
 
 def test_stage_check_catches_missing_dependencies():

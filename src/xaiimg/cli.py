@@ -486,6 +486,11 @@ def _add_study_commands(commands) -> None:
                                                      "sanity"], help="run only these parts")
     study.set_defaults(run=command_thesis_study)
 
+    # listed for --help only: main() hands these to xaiimg.studies.sharded before parsing
+    commands.add_parser("evaluate-sharded", help="per-image evaluation sharded by rank (torchrun or --rank/"
+                        "--world-size), resumable; `xaiimg evaluate-sharded --help` lists its options")
+    commands.add_parser("merge-shards", help="merge the shards of an evaluate-sharded run into its tables")
+
     reproduction = commands.add_parser("reproduction", help="render docs/REPRODUCTION.md from results/claims/*.json")
     reproduction.add_argument("--results", default="results", help="results folder holding claims/")
     reproduction.add_argument("--out", default="docs/REPRODUCTION.md", help="Markdown file to write")
@@ -565,7 +570,15 @@ def _os_error_line(error: OSError) -> str:
     return f"{paths}: {error.strerror or error}" if paths else str(error)
 
 
+SHARDED_COMMANDS = {"evaluate-sharded": "evaluate", "merge-shards": "merge"}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in SHARDED_COMMANDS:     # their options are xaiimg.studies.sharded's own (help included)
+        from xaiimg.studies.sharded import main as sharded_main
+
+        return sharded_main([SHARDED_COMMANDS[argv[0]], *argv[1:]])
     args = build_parser().parse_args(argv)
     try:
         for path in args.run(args):

@@ -27,6 +27,9 @@ def images(batch: int) -> torch.Tensor:
 # 3,3,3. Targets 4, 3, 1 keep scales {32, 40} | {48} | none (fallback to the original).
 SCALES = dict(zeta_max=24, num_scales=3)
 MIXED_TARGETS = [4, 3, 1]
+# CAMERAS's upsampling and Group-CAM's alpha: the fixture's kept scales above and non-empty maps were read with them
+# (the defaults are the thesis's bilinear + logit, tested against the reference in the ablation test)
+BICUBIC_SOFTMAX = dict(image_mode="bicubic", alpha_score="probability")
 
 
 def hooks_left(model: nn.Module) -> int:
@@ -34,7 +37,7 @@ def hooks_left(model: nn.Module) -> int:
 
 
 def msg_cam_reference(model, x, targets, zetas, groups, theta, combine, denoise="input", kernel=51, sigma=50.0,
-                      image_mode="bicubic", keep_scales="top1", alpha_score="probability"):
+                      image_mode="bilinear", keep_scales="top1", alpha_score="logit"):
     """Literal Algorithm 1, one image, one scale and one group at a time, everything at input size."""
     layer = model.features[3]
     size = x.shape[-2:]
@@ -91,10 +94,11 @@ def msg_cam_reference(model, x, targets, zetas, groups, theta, combine, denoise=
 def test_msg_cam_matches_literal_reference(batch, targets, groups, combine, denoise, theta):
     model = strided_cnn()
     x = images(batch)
-    explainer = MSGCAM(groups=groups, combine=combine, denoise=denoise, theta=theta, batch_size=5, **SCALES)
+    explainer = MSGCAM(groups=groups, combine=combine, denoise=denoise, theta=theta, batch_size=5, **SCALES,
+                       **BICUBIC_SOFTMAX)
     assert explainer.scales(32) == [32, 40, 48]
     ours = explainer(model, x, target=None if batch == 1 else targets, normalize=False)
-    reference = msg_cam_reference(model, x, targets, [32, 40, 48], groups, theta, combine, denoise)
+    reference = msg_cam_reference(model, x, targets, [32, 40, 48], groups, theta, combine, denoise, **BICUBIC_SOFTMAX)
     assert (reference.flatten(1).abs().sum(1) > 0).all()
     assert torch.allclose(ours, reference, atol=1e-10, rtol=0)
 
@@ -118,7 +122,7 @@ def test_msg_cam_ablation_options_match_the_literal_reference(image_mode, keep_s
 
 def test_msg_cam_records_the_kept_scales_of_each_image():
     model = strided_cnn()
-    explainer = MSGCAM(groups=8, batch_size=10, **SCALES)
+    explainer = MSGCAM(groups=8, batch_size=10, **SCALES, **BICUBIC_SOFTMAX)
     explainer(model, images(3), target=MIXED_TARGETS)
     assert explainer.last_kept_scales.tolist() == [[True, True, False], [False, False, True], [False, False, False]]
 
@@ -130,7 +134,7 @@ def test_msg_cam_pass_counts_and_keep_masks():
     _, _, keep, _ = multiscale_passes(model, x, model.features[3], sizes, MIXED_TARGETS, "bicubic")
     assert keep.T.tolist() == [[True, True, False], [False, False, True], [False, False, False]]
     with count_passes(model) as log:
-        MSGCAM(groups=8, batch_size=10, **SCALES)(model, x, target=MIXED_TARGETS)
+        MSGCAM(groups=8, batch_size=10, **SCALES, **BICUBIC_SOFTMAX)(model, x, target=MIXED_TARGETS)
     # 3 scales x 1 forward+backward of the batch, 1 baseline forward, 3*8 = 24 blended images in batches of 10
     assert log.forward_batches == [3, 3, 3, 3, 10, 10, 4]
     assert log.backward_batches == [3, 3, 3]

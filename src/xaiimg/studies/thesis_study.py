@@ -80,8 +80,8 @@ class ThesisStudyConfig:
     model: str = "efficientnet_lite0"
     layer: str = "blocks.4"
     gap_layer: str = "bn2"
-    insertion_step_factor: int = 4
-    step_check_images: int = 3
+    insertion_step_factor: int = 8
+    step_check_images: int = 2
     window: dict = field(default_factory=lambda: {"window": 96, "stride": 32, "smoothing_cutoff": 35})
     synthetic_window: dict = field(default_factory=lambda: {"window": 96, "stride": 32, "smoothing_cutoff": 35})
     cutoffs: tuple = (10, 20, 35, 50, None)
@@ -203,8 +203,7 @@ def photo_methods(config: ThesisStudyConfig) -> dict[str, tuple[str, dict]]:
     methods[f"msg-cam @{layer}"] = ("msg-cam", {"layer": layer, **msg_cam})
     for label, change in MSG_CAM_ABLATIONS.items():
         methods[f"msg-cam @{layer} ({label})"] = ("msg-cam", {"layer": layer, **msg_cam, **change})
-    for name in ("grad-cam", "xgrad-cam"):
-        methods[f"{name} @{gap}"] = (name, {"layer": gap})
+    methods[f"grad-cam @{gap}"] = ("grad-cam", {"layer": gap})
     methods[f"msg-cam @{gap}"] = ("msg-cam", {"layer": gap, **msg_cam})
     return methods
 
@@ -248,10 +247,10 @@ def photos_part(config: ThesisStudyConfig, log) -> dict:
             "step_check": {"images": check, "literal": literal_step,
                            "coarse": {k: faithfulness[k].overall[:check].tolist() for k in literal_step}},
             "kept_scales": kept,
-            "gap_layer_identity": {"grad-cam == xgrad-cam at " + config.gap_layer: bool(torch.equal(
-                maps[f"grad-cam @{config.gap_layer}"], maps[f"xgrad-cam @{config.gap_layer}"])),
-                "grad-cam == xgrad-cam at " + config.layer: bool(torch.equal(
-                    maps[f"grad-cam @{config.layer}"], maps[f"xgrad-cam @{config.layer}"]))}}
+            "gap_layer_identity": {f"grad-cam == xgrad-cam at {layer}": bool(torch.equal(
+                get_method("grad-cam", layer=layer)(model, x, target=labels),
+                get_method("xgrad-cam", layer=layer)(model, x, target=labels)))
+                for layer in (config.gap_layer, config.layer)}}
 
 
 # --------------------------------------------------------------------------------------------- synthetic
@@ -355,6 +354,12 @@ def sanity_part(config: ThesisStudyConfig, log) -> dict:
 
 
 # ------------------------------------------------------------------------------------------------ claims
+def _undefined_as_zero(correlations: Sequence[float | None]) -> list[float]:
+    """Spearman correlations with the undefined ones (a flat randomised map has no ranking; stored as null) read as
+    0: a flat map keeps none of the original map's ordering."""
+    return [0.0 if value is None or not math.isfinite(value) else float(value) for value in correlations]
+
+
 def _difference(values: Mapping[str, Sequence[float]], a: str, b: str, seed: int = 0) -> Estimate:
     return paired_difference(values[a], values[b], seed=seed)
 
@@ -466,8 +471,7 @@ def sanity_claims(sanity: dict) -> list[Claim]:
     claims = []
     for mode in ("cascading", "independent"):
         run = sanity["runs"][f"msg-cam/{mode}"]
-        last = torch.tensor(run["spearman"][-1 if mode == "cascading" else 0])
-        estimate = bootstrap_mean(last.nan_to_num(0.0))
+        estimate = bootstrap_mean(_undefined_as_zero(run["spearman"][-1 if mode == "cascading" else 0]))
         claims.append(measured_claim(
             f"thesis/fig3-6/msg-cam-{mode}", PAPER, "Fig. 3-6",
             f"MSG-CAM passes the {mode} randomisation sanity check",
@@ -517,7 +521,7 @@ def summary_tables(parts: Mapping[str, dict]) -> list[dict]:
         rows += _rows("discrimination", "margin", parts["discrimination"]["margin"])
     if "sanity" in parts:
         for key, run in parts["sanity"]["runs"].items():
-            final = torch.tensor(run["spearman"][-1]).nan_to_num(0.0).tolist()
+            final = _undefined_as_zero(run["spearman"][-1])
             rows += _rows(f"sanity/{key}", "spearman (last layer)", {key.split("/")[0]: final})
     return rows
 
@@ -562,17 +566,19 @@ CLAIM_FUNCTIONS = {"photos": lambda part, config: photo_claims(part, config),
 
 
 def run_thesis_study(config: ThesisStudyConfig, results_dir: str | Path, log=print) -> list[Claim]:
-    """Run the study's ``config.parts`` into ``results_dir/thesis_study/`` and write the claims file."""
+    """Run the study's ``config.parts`` into ``results_dir/thesis_study/<part>.json``, then write the summary,
+    ``study.json`` and the claims from every part file present there (parts run earlier, e.g. with ``--parts``,
+    are kept). Claims are computed from the stored (rounded) values, so they are the same however parts were run."""
     torch.manual_seed(config.seed)
     out = Path(results_dir) / "thesis_study"
-    parts = {}
     for name in config.parts:
-        parts[name] = PART_FUNCTIONS[name](config, log)
-        write_atomic(out / f"{name}.json", compact_json(parts[name]))
-    claims = [claim for name in config.parts for claim in CLAIM_FUNCTIONS[name](parts[name], config)]
+        write_atomic(out / f"{name}.json", compact_json(PART_FUNCTIONS[name](config, log)))
+    parts = {name: json.loads((out / f"{name}.json").read_text()) for name in PART_FUNCTIONS
+             if (out / f"{name}.json").is_file()}
+    claims = [claim for name, part in parts.items() for claim in CLAIM_FUNCTIONS[name](part, config)]
     claims += offline_claims()
     _write_csv(out / "summary.csv", summary_tables(parts))
-    extra = {"config": asdict(config)}
+    extra = {"config": asdict(config), "parts": sorted(parts)}
     if "photos" in parts:
         extra["kept_scale_histogram"] = kept_scale_histogram(parts["photos"])
         extra["gap_layer_identity"] = parts["photos"]["gap_layer_identity"]
@@ -582,5 +588,3 @@ def run_thesis_study(config: ThesisStudyConfig, results_dir: str | Path, log=pri
     return claims
 
 
-def is_finite_summary(rows: Sequence[dict]) -> bool:
-    return all(math.isfinite(row["mean"]) for row in rows)
