@@ -114,6 +114,7 @@ def test_claims_reproduced_when_depth_trades_colour_for_subject_and_not_when_rev
     assert [c.verdict for c in claims] == [REPRODUCED] * 3
     assert claims[0].mean == pytest.approx(-0.4) and claims[2].mean == pytest.approx(0.4)
     assert claims[0].note.endswith("Highest at shallow (a): 0.50; at deep: 0.10.")
+    assert claims[2].note.endswith("Highest at deep (b): 0.90.")
     reversed_ = constructed_response(deep_low_level=0.9, deep_subject=0.1)
     assert [c.verdict for c in lr.layer_claims(reversed_, reversed_, "toy", "p", "s")] == [NOT_REPRODUCED] * 3
     rows = lr.response_table({"scenes": agreeing})

@@ -317,7 +317,8 @@ def layer_claims(photos: LayerResponse, scenes: LayerResponse, model: str, photo
         means = {stage: float(torch.stack([response.specific(stage, prop) for prop in props]).mean())
                  for stage in response.layers}
         best = max(means, key=means.get)
-        return f"Highest at {best} ({response.layers[best]}): {means[best]:.2f}; at {deep}: {means[deep]:.2f}."
+        at_deep = "" if best == deep else f"; at {deep}: {means[deep]:.2f}"
+        return f"Highest at {best} ({response.layers[best]}): {means[best]:.2f}{at_deep}."
 
     common = {"paper": "aesthetic", "model": model}
     return [
