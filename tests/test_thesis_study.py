@@ -110,7 +110,7 @@ def test_synthetic_parts_write_claims_and_summaries(synthetic_run, tmp_path, one
         synthetic_dir=str(synthetic_run), scenes=4, pointing_scenes=3, discrimination_scenes=2, sanity_scenes=2,
         small_scale=(0.15, 0.25), synthetic_window={"window": 32, "stride": 16, "smoothing_cutoff": 8},
         cutoffs=(8, None), msg_cam={"num_scales": 2, "zeta_max": 32}, cameras={"resolutions": [64, 96]},
-        parts=("pointing", "enhancement", "discrimination", "sanity"), batch_size=8)
+        parts=("pointing", "enhancement", "enhancement_vit", "discrimination", "sanity"), batch_size=8)
     claims = ts.run_thesis_study(config, tmp_path, log=lambda line: None)
     stored = rp.read_claims(rp.claim_files(tmp_path))
     assert stored == claims
@@ -123,8 +123,10 @@ def test_synthetic_parts_write_claims_and_summaries(synthetic_run, tmp_path, one
         rows = list(csv.DictReader(handle))
     assert rows and all(float(r["ci_low"]) <= float(r["mean"]) <= float(r["ci_high"]) for r in rows)
     enhancement = json.loads((tmp_path / "thesis_study" / "enhancement.json").read_text())
-    assert set(enhancement["runs"]) >= {"uniform/CNN/grad-cam", "centred/CNN/grad-cam", "small/CNN/grad-cam",
-                                        "uniform/ViT/transformer-attribution"}
+    assert set(enhancement["runs"]) == {"uniform/CNN/grad-cam", "uniform/CNN/gradient", "uniform/CNN/lrp",
+                                        "centred/CNN/grad-cam", "small/CNN/grad-cam"}
+    vit = json.loads((tmp_path / "thesis_study" / "enhancement_vit.json").read_text())
+    assert set(vit["runs"]) == {f"uniform/ViT/{m}" for m in ts.ThesisStudyConfig().vit_methods}
     variants = enhancement["runs"]["uniform/CNN/grad-cam"]["values"]["miou"]
     assert {"plain", "literal", "normalised", "windows", "centre prior", "coverage", "S0 x coverage",
             "literal D0=8", "literal D0=None"} == set(variants)

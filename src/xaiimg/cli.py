@@ -414,6 +414,16 @@ def command_thesis_study(args) -> list[Path]:
     return [results / "claims" / "thesis.json", results / "thesis_study"]
 
 
+def command_aesthetic_study(args) -> list[Path]:
+    from xaiimg.studies.aesthetic_planted import run_planted_study
+
+    run_planted_study(args.run_folder, args.results, seeds=tuple(args.seeds), size=args.size, train=args.train,
+                      val=args.val, test=args.test, epochs=args.epochs, stage=args.stage, lrp_scenes=args.lrp_scenes)
+    results = Path(args.results)
+    return [results / "aesthetic_planted.json", results / "aesthetic_planted.csv",
+            results / "claims" / "aesthetic.json"]
+
+
 def command_reproduction(args) -> list[Path]:
     from xaiimg.studies.reproduction import write_reproduction
 
@@ -482,9 +492,23 @@ def _add_study_commands(commands) -> None:
                                 "(DVC stage thesis_study; settings: params.yaml thesis_study)")
     study.add_argument("--params", default="params.yaml", help="YAML file with a thesis_study block")
     study.add_argument("--results", default="results", help="results folder (writes thesis_study/ and claims/)")
-    study.add_argument("--parts", nargs="+", choices=["photos", "pointing", "enhancement", "discrimination",
-                                                     "sanity"], help="run only these parts")
+    study.add_argument("--parts", nargs="+", choices=["photos", "pointing", "enhancement", "enhancement_vit",
+                                                     "discrimination", "sanity"], help="run only these parts")
     study.set_defaults(run=command_thesis_study)
+
+    planted = commands.add_parser("aesthetic-study", help="aesthetic paper claims 2-3 on the planted-evidence "
+                                  "benchmark: both variants x seeds, CAM/LRP subject-mass share, claims")
+    planted.add_argument("--run", dest="run_folder", required=True, help="run folder (checkpoints, measures, timings)")
+    planted.add_argument("--results", default="results")
+    planted.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
+    planted.add_argument("--size", type=int, default=128)
+    planted.add_argument("--train", type=int, default=512)
+    planted.add_argument("--val", type=int, default=128)
+    planted.add_argument("--test", type=int, default=200)
+    planted.add_argument("--epochs", type=int, default=6)
+    planted.add_argument("--stage", default="blocks.6", help="first fine-tuned backbone stage (its inputs are cached)")
+    planted.add_argument("--lrp-scenes", type=int, default=200)
+    planted.set_defaults(run=command_aesthetic_study)
 
     # listed for --help only: main() hands these to xaiimg.studies.sharded before parsing
     commands.add_parser("evaluate-sharded", help="per-image evaluation sharded by rank (torchrun or --rank/"

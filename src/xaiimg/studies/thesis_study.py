@@ -60,6 +60,7 @@ MSG_CAM_LITERAL = {"image_mode": "bilinear", "alpha_score": "logit", "keep_scale
 MSG_CAM_ABLATIONS = {"keep all scales": {"keep_scales": "all"}, "bicubic": {"image_mode": "bicubic"},
                      "softmax alpha": {"alpha_score": "probability"}, "scales to 1.5x": {"zeta_max": 128}}
 CONTROLS = ("centre prior", "coverage", "S0 x coverage")
+PART_NAMES = ("photos", "pointing", "enhancement", "enhancement_vit", "discrimination", "sanity")
 FUSIONS = ("literal", "normalised", "windows")
 
 
@@ -100,10 +101,10 @@ class ThesisStudyConfig:
     cameras: dict = field(default_factory=dict)
     batch_size: int = 32
     seed: int = 0
-    parts: tuple = ("photos", "pointing", "enhancement", "discrimination", "sanity")
+    parts: tuple = ("photos", "pointing", "enhancement", "enhancement_vit", "discrimination", "sanity")
 
     def __post_init__(self):
-        unknown = sorted(set(self.parts) - {"photos", "pointing", "enhancement", "discrimination", "sanity"})
+        unknown = sorted(set(self.parts) - set(PART_NAMES))
         if unknown:
             raise ValueError(f"unknown study parts {unknown}")
         for name in ("photo_count", "insertion_step_factor", "scenes", "pointing_scenes", "discrimination_scenes",
@@ -289,37 +290,51 @@ def pointing_part(config: ThesisStudyConfig, log) -> dict:
             "n": len(masks), "values": values, "mask_area": area}
 
 
+ENHANCEMENT_SETS = {"uniform": {}, "centred": {"placement": "centred"}, "small": "small_scale"}
+
+
+def _enhancement_runs(config: ThesisStudyConfig, kind: str, methods: Mapping[str, dict], sets: Sequence[str],
+                      log) -> dict:
+    """The enhancement scored per scene for ``methods`` on the synthetic ``kind`` model and the scene ``sets``."""
+    model = synthetic_model(config.synthetic_dir, kind)
+    model_name = kind.upper() if kind == "cnn" else "ViT"
+    runs = {}
+    for set_name in sets:
+        options = ENHANCEMENT_SETS[set_name]
+        options = {"scale": config.small_scale} if options == "small_scale" else options
+        scenes = _scenes(model, config, config.scenes, **options)
+        x = model.spec.from_unit_range(scenes.images.float())
+        targets, masks = scenes.targets, scenes.class_masks(scenes.targets)
+        chosen = methods if set_name == "uniform" else {name: params for name, params in methods.items()
+                                                        if name in config.control_methods}
+        for method, params in chosen.items():
+            sliding = SlidingWindow(get_method(method, **params), **config.synthetic_window)
+            maps = enhancement_maps(sliding, model, x, targets, config.batch_size,
+                                    config.cutoffs if set_name == "uniform" else ())
+            values: dict[str, dict[str, list[float]]] = {}
+            for variant, saliency in maps.items():
+                for metric, per_item in localisation_values(saliency, masks).items():
+                    values.setdefault(metric, {})[variant] = per_item
+            if set_name == "uniform":
+                values["perturbation_overall"] = {
+                    variant: positive_negative_perturbation(model, x, saliency, labels=targets, reference="label",
+                                                            batch_size=config.batch_size).per_sample()["overall"]
+                    for variant, saliency in maps.items() if not variant.startswith("literal D0")}
+            runs[f"{set_name}/{model_name}/{method}"] = {"set": set_name, "model": model_name, "method": method,
+                                                         "n": len(x), "values": values}
+            log(f"enhancement: {set_name} {model_name} {method}")
+    return runs
+
+
 def enhancement_part(config: ThesisStudyConfig, log) -> dict:
-    sets = {"uniform": {}, "centred": {"placement": "centred"}, "small": {"scale": config.small_scale}}
-    models = {"CNN": (synthetic_model(config.synthetic_dir, "cnn"), config.cnn_methods),
-              "ViT": (synthetic_model(config.synthetic_dir, "vit"), config.vit_methods)}
-    out = {}
-    for set_name, options in sets.items():
-        for model_name, (model, methods) in models.items():
-            if set_name != "uniform":     # the placement and size controls: CNN methods of config.control_methods
-                if model_name == "ViT":
-                    continue
-                methods = {name: params for name, params in methods.items() if name in config.control_methods}
-            scenes = _scenes(model, config, config.scenes, **options)
-            x = model.spec.from_unit_range(scenes.images.float())
-            targets, masks = scenes.targets, scenes.class_masks(scenes.targets)
-            for method, params in methods.items():
-                sliding = SlidingWindow(get_method(method, **params), **config.synthetic_window)
-                maps = enhancement_maps(sliding, model, x, targets, config.batch_size,
-                                        config.cutoffs if set_name == "uniform" else ())
-                values: dict[str, dict[str, list[float]]] = {}
-                for variant, saliency in maps.items():
-                    for metric, per_item in localisation_values(saliency, masks).items():
-                        values.setdefault(metric, {})[variant] = per_item
-                if set_name == "uniform":
-                    values["perturbation_overall"] = {
-                        variant: positive_negative_perturbation(model, x, saliency, labels=targets, reference="label",
-                                                                batch_size=config.batch_size).per_sample()["overall"]
-                        for variant, saliency in maps.items() if not variant.startswith("literal D0")}
-                out[f"{set_name}/{model_name}/{method}"] = {"set": set_name, "model": model_name, "method": method,
-                                                            "n": len(x), "values": values}
-                log(f"enhancement: {set_name} {model_name} {method}")
-    return {"sets": {name: dict(options) for name, options in sets.items()}, "runs": out}
+    """The synthetic CNN: ``cnn_methods`` on uniform scenes, ``control_methods`` also on centred and small ones."""
+    return {"sets": list(ENHANCEMENT_SETS), "runs": _enhancement_runs(config, "cnn", config.cnn_methods,
+                                                                      list(ENHANCEMENT_SETS), log)}
+
+
+def enhancement_vit_part(config: ThesisStudyConfig, log) -> dict:
+    """The synthetic ViT (table 4-2's transformer rows): ``vit_methods`` on uniform scenes."""
+    return {"sets": ["uniform"], "runs": _enhancement_runs(config, "vit", config.vit_methods, ["uniform"], log)}
 
 
 def discrimination_part(config: ThesisStudyConfig, log) -> dict:
@@ -526,8 +541,8 @@ def summary_tables(parts: Mapping[str, dict]) -> list[dict]:
     if "pointing" in parts:
         for metric, values in parts["pointing"]["values"].items():
             rows += _rows("pointing", metric, values)
-    if "enhancement" in parts:
-        for key, run in parts["enhancement"]["runs"].items():
+    for name in ("enhancement", "enhancement_vit"):
+        for key, run in parts.get(name, {}).get("runs", {}).items():
             for metric, values in run["values"].items():
                 rows += _rows(f"enhancement/{key}", metric, values)
     if "discrimination" in parts:
@@ -570,10 +585,12 @@ def _write_csv(path: Path, rows: Sequence[dict]) -> None:
 
 
 PART_FUNCTIONS = {"photos": photos_part, "pointing": pointing_part, "enhancement": enhancement_part,
-                  "discrimination": discrimination_part, "sanity": sanity_part}
+                  "enhancement_vit": enhancement_vit_part, "discrimination": discrimination_part,
+                  "sanity": sanity_part}
 CLAIM_FUNCTIONS = {"photos": lambda part, config: photo_claims(part, config),
                    "pointing": lambda part, config: pointing_claims(part),
                    "enhancement": lambda part, config: enhancement_claims(part),
+                   "enhancement_vit": lambda part, config: enhancement_claims(part),
                    "discrimination": lambda part, config: discrimination_claims(part),
                    "sanity": lambda part, config: sanity_claims(part)}
 
