@@ -18,6 +18,7 @@ from unittest import mock
 import pytest
 import torch
 from test_contracts import CHEAP_PARAMS, VIT_METHODS, images, tiny_vit
+from tiny_cnn import TinyCNN, tiny_spec
 
 import xaiimg
 from xaiimg.methods import available_methods, get_method
@@ -66,8 +67,6 @@ def no_host_transfers(allowed: dict = ALLOWED_TRANSFERS):
 
 
 def model_for(name: str, device: str):
-    from conftest import TinyCNN, tiny_spec
-
     from xaiimg.models.zoo import attach_spec
 
     model = tiny_vit().float() if name in VIT_METHODS else attach_spec(TinyCNN(), tiny_spec(5, "features.3"))
@@ -125,8 +124,6 @@ METRIC_CASES = {
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("case", list(METRIC_CASES))
 def test_metric_keeps_its_tensors_on_the_device(case, device):
-    from conftest import TinyCNN, tiny_spec
-
     from xaiimg.models.zoo import attach_spec
 
     model = attach_spec(TinyCNN(), tiny_spec(5, "features.3")).to(device).eval()
@@ -143,13 +140,7 @@ def test_metric_keeps_its_tensors_on_the_device(case, device):
 
 
 # ------------------------------------------------------------------------------------------------ autocast
-LRP_AUTOCAST_PENDING = {"lrp-alpha1-beta0", "lrp-epsilon-alpha2-beta1", "lrp-epsilon-alpha2-beta1-flat",
-                        "lrp-epsilon-plus", "lrp-epsilon-plus-box", "lrp-epsilon-plus-flat"}
-# Their z+ / alpha-beta rules convolve autocast's bfloat16 activations with float32 modified weights outside
-# autocast (a dtype error); src/xaiimg/methods/lrp/ is being reworked under issue 19 item 5, which owns that fix.
-
-
-@pytest.mark.parametrize("name", sorted(set(available_methods()) - LRP_AUTOCAST_PENDING))
+@pytest.mark.parametrize("name", available_methods())
 def test_autocast_runs_the_forwards_in_bfloat16_and_returns_float32_maps(name):
     model = model_for(name, "cpu")
     x = images(2).float()
