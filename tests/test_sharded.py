@@ -54,7 +54,7 @@ def imagenet_args(model: Path, samples: Path) -> list[str]:
 
 
 def evaluation(args: list[str]) -> sh.Evaluation:
-    return sh.evaluation_from_args(sh.build_parser().parse_args(["evaluate", "--out", "unused", *args]))
+    return sh.evaluation_from_args(sh.build_parser().parse_args(["evaluate-sharded", "--out", "unused", *args]))
 
 
 def single_process(out: Path, args: list[str]) -> Path:
@@ -161,8 +161,9 @@ def test_two_gloo_processes_under_torchrun_write_the_single_process_tables(model
     common = ["--threads", "1", "--resamples", "1000"]
     script = tmp_path / "two_runs.py"
     script.write_text(TWO_RUNS.format(
-        synthetic=["evaluate", "--out", str(tmp_path / "synthetic-2"), *synthetic_args(models["synthetic"]), *common],
-        imagenet=["evaluate", "--out", str(tmp_path / "imagenet-2"),
+        synthetic=["evaluate-sharded", "--out", str(tmp_path / "synthetic-2"), *synthetic_args(models["synthetic"]),
+                   *common],
+        imagenet=["evaluate-sharded", "--out", str(tmp_path / "imagenet-2"),
                   *imagenet_args(models["imagenet"], samples), *common]))
     done = run_in_own_group([str(TORCHRUN), "--standalone", "--nproc-per-node", "2", str(script)], timeout=300,
                             env={**os.environ, "OMP_NUM_THREADS": "1"})
@@ -221,7 +222,7 @@ def test_a_run_killed_mid_way_resumes_to_the_same_tables(models, synthetic_refer
     shard = sh.shard_path(out, 0, 1)
     total = 12 * 2
     process = subprocess.Popen(
-        [sys.executable, "-m", "xaiimg.studies.sharded", "evaluate", "--out", str(out),
+        [sys.executable, "-m", "xaiimg.cli", "evaluate-sharded", "--out", str(out),
          *synthetic_args(models["synthetic"]), "--threads", "1", "--no-merge"],
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
@@ -294,8 +295,8 @@ def test_entry_point_help_and_errors(capsys, tmp_path):
     with pytest.raises(SystemExit) as exit_info:
         sh.main(["--help"])
     assert exit_info.value.code == 0 and "evaluate" in capsys.readouterr().out
-    assert sh.main(["merge", "--out", str(tmp_path)]) == 2
+    assert sh.main(["merge-shards", "--out", str(tmp_path)]) == 2
     assert "no shard files" in capsys.readouterr().err
-    assert sh.main(["evaluate", "--out", str(tmp_path), "--data", "synthetic", "--count", "2",
+    assert sh.main(["evaluate-sharded", "--out", str(tmp_path), "--data", "synthetic", "--count", "2",
                     "--synthetic-model", "x.pt", "--method", "grad-cam", "--metric", "pointing-game"]) == 2
     assert "no per-image scores" in capsys.readouterr().err

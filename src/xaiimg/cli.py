@@ -492,8 +492,9 @@ def _add_study_commands(commands) -> None:
                                 "(DVC stage thesis_study; settings: params.yaml thesis_study)")
     study.add_argument("--params", default="params.yaml", help="YAML file with a thesis_study block")
     study.add_argument("--results", default="results", help="results folder (writes thesis_study/ and claims/)")
-    study.add_argument("--parts", nargs="+", choices=["photos", "pointing", "enhancement", "enhancement_vit",
-                                                     "discrimination", "sanity"], help="run only these parts")
+    study.add_argument("--parts", nargs="+", choices=["photos", "layers", "pointing", "enhancement",
+                                                     "enhancement_vit", "discrimination", "sanity"],
+                       help="run only these parts")
     study.set_defaults(run=command_thesis_study)
 
     planted = commands.add_parser("aesthetic-study", help="aesthetic paper claims 2-3 on the planted-evidence "
@@ -594,7 +595,7 @@ def _os_error_line(error: OSError) -> str:
     return f"{paths}: {error.strerror or error}" if paths else str(error)
 
 
-SHARDED_COMMANDS = {"evaluate-sharded": "evaluate", "merge-shards": "merge"}
+SHARDED_COMMANDS = ("evaluate-sharded", "merge-shards")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -602,7 +603,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if argv and argv[0] in SHARDED_COMMANDS:     # their options are xaiimg.studies.sharded's own (help included)
         from xaiimg.studies.sharded import main as sharded_main
 
-        return sharded_main([SHARDED_COMMANDS[argv[0]], *argv[1:]])
+        return sharded_main(argv)
     args = build_parser().parse_args(argv)
     try:
         for path in args.run(args):

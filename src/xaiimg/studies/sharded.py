@@ -1,18 +1,18 @@
 """Per-image evaluation of methods x metrics over a dataset, sharded over processes and hosts by ``torchrun`` (or
 by DVC ``foreach`` stages), resumable after a crash, merged into the tables a single process writes.
 
-Launch (``python -m xaiimg.studies.sharded --help``)::
+Launch (``python -m xaiimg.cli evaluate-sharded --help``)::
 
     # one process (world size 1): evaluate, then merge into OUT/table.* and OUT/per_image.csv
-    python -m xaiimg.studies.sharded evaluate --out OUT --data imagenet --root VAL --labels LOC_val_solution.csv \\
+    python -m xaiimg.cli evaluate-sharded --out OUT --data imagenet --root VAL --labels LOC_val_solution.csv \\
         --model vgg19 --method grad-cam --method score-cam --metric insertion-deletion \\
         --metric-param insertion-deletion.protocol=thesis --device cuda
     # N processes on this host (one per GPU); rank 0 merges once every rank is done
-    torchrun --nproc-per-node 4 -m xaiimg.studies.sharded evaluate --out OUT ... --device cuda
+    torchrun --nproc-per-node 4 -m xaiimg.cli evaluate-sharded --out OUT ... --device cuda
     # several hosts: the same command on each, with --nnodes, --node-rank and --rdzv-endpoint (data/README.md)
     # shards run as separate jobs (DVC foreach): no process group, merge as its own step
-    python -m xaiimg.studies.sharded evaluate --out OUT ... --rank 1 --world-size 4
-    python -m xaiimg.studies.sharded merge --out OUT
+    python -m xaiimg.cli evaluate-sharded --out OUT ... --rank 1 --world-size 4
+    python -m xaiimg.cli merge-shards --out OUT
 
 **Split.** The selected images (``--count``, or a seeded ``--subset-seed`` subset as
 :func:`xaiimg.studies.thesis.imagenet_subset` draws) are cut into blocks of ``--batch-size`` consecutive images,
@@ -806,13 +806,13 @@ def evaluation_from_args(args: argparse.Namespace) -> Evaluation:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m xaiimg.studies.sharded",
+        prog="python -m xaiimg.cli",
         description="Per-image evaluation of saliency methods x metrics, sharded by rank (torchrun, or --rank/"
                     "--world-size for separate jobs), resumable, merged into the tables one process writes.")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    add_evaluate_arguments(commands.add_parser("evaluate", help="compute this rank's records (then merge, when the "
-                                                                "whole world ran in this launch)"))
-    add_merge_arguments(commands.add_parser("merge", help="merge every shard of --out into the tables"))
+    add_evaluate_arguments(commands.add_parser(
+        "evaluate-sharded", help="compute this rank's records (then merge, when the whole world ran in this launch)"))
+    add_merge_arguments(commands.add_parser("merge-shards", help="merge every shard of --out into the tables"))
     return parser
 
 
@@ -924,7 +924,7 @@ def command_evaluate(args: argparse.Namespace) -> list[Path]:
         if dist.is_available() and dist.is_initialized():
             dist.barrier()
         elif world_size > 1:
-            _print(f"rank {rank}/{world_size}: shard done; merge with `python -m xaiimg.studies.sharded merge "
+            _print(f"rank {rank}/{world_size}: shard done; merge with `python -m xaiimg.cli merge-shards "
                    f"--out {args.out}` once every shard is")
             return written
         if rank == 0:
@@ -945,10 +945,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         for path in args.run(args):
             print(path)
     except (ValueError, IncompleteRunError, FileNotFoundError) as error:
-        print(f"xaiimg.studies.sharded: error: {error}", file=sys.stderr)
+        print(f"xaiimg: error: {error}", file=sys.stderr)
         return 2
     return 0
 
-
-if __name__ == "__main__":
-    sys.exit(main())
