@@ -24,6 +24,7 @@ rules, and relevance flows into ``Q`` and ``K`` through the softmax. Here every 
 """
 from __future__ import annotations
 
+import weakref
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 
@@ -38,16 +39,19 @@ SEED_EPS = 1e-12
 
 class _RuleSwitch(torch.autograd.Function):
     """Forward: the value of ``exact``. Backward: to ``exact`` (ordinary gradient) or to ``conservative`` (the
-    CP-LRP branch, same value, some factors detached), as ``trace.conservative`` says when the backward runs."""
+    CP-LRP branch, same value, some factors detached), as ``trace.conservative`` says when the backward runs.
+    The trace is held by a weak reference: it holds this node's output, and a strong one would make a cycle through
+    the autograd graph that Python's collector cannot see (the whole graph leaked on every call)."""
 
     @staticmethod
     def forward(ctx, exact, conservative, trace):
-        ctx.trace = trace
+        ctx.trace = weakref.ref(trace)
         return exact.clone()
 
     @staticmethod
     def backward(ctx, grad):
-        return (None, grad, None) if ctx.trace.conservative else (grad, None, None)
+        trace = ctx.trace()
+        return (None, grad, None) if trace is not None and trace.conservative else (grad, None, None)
 
 
 class ViTTrace:
