@@ -80,7 +80,7 @@ def test_stage_check_catches_missing_dependencies():
 
 
 def test_notebook_stages_cover_every_notebook():
-    commands = {stage["cmd"] for stage in STAGES.values()}
+    commands = {stage.get("do", stage)["cmd"] for stage in STAGES.values()}
     assert {NOTEBOOK_COMMAND + path.stem for path in (ROOT / "notebooks").glob("*.ipynb")} <= commands
 
 

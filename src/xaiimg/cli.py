@@ -503,11 +503,11 @@ def _add_study_commands(commands) -> None:
     planted.add_argument("--results", default="results")
     planted.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     planted.add_argument("--size", type=int, default=128)
-    planted.add_argument("--train", type=int, default=512)
+    planted.add_argument("--train", type=int, default=2048)
     planted.add_argument("--val", type=int, default=128)
     planted.add_argument("--test", type=int, default=200)
     planted.add_argument("--epochs", type=int, default=6)
-    planted.add_argument("--stage", default="blocks.6", help="first fine-tuned backbone stage (its inputs are cached)")
+    planted.add_argument("--stage", default="blocks.3", help="first fine-tuned backbone stage (its inputs are cached)")
     planted.add_argument("--lrp-scenes", type=int, default=200)
     planted.set_defaults(run=command_aesthetic_study)
 

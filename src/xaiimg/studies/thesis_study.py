@@ -10,6 +10,9 @@ which ``xaiimg reproduction`` renders docs/REPRODUCTION.md. Parts:
   XGrad-CAM and CAM coincide); insertion/deletion (thesis preset) and Chefer's positive/negative perturbation per
   image; MSG-CAM ablations (keep rule, upsampling, alpha score, scale range) and its kept-scale histogram; the
   sliding window's fusions and controls.
+- **layers**: at ``bn2`` the target's gradient is constant over positions, so Grad-CAM == XGrad-CAM == CAM up to
+  rounding; at ``blocks.4`` it is not (the spread and the two maps' difference per photograph; ``study.json``'s
+  ``layer_check`` holds the largest of each).
 - **pointing** (table 3-3, "finer detail"): the synthetic CNN on two-object scenes with exact masks, every object
   explained for its class: pointing game (TorchRay, 15 px) and the energy-based pointing game.
 - **enhancement** (tables 4-2, 4-4, fig. 4-4): the sliding window around CNN and ViT methods on single-object
@@ -47,6 +50,7 @@ from xaiimg.metrics.localisation import pointing_game, segmentation_scores
 from xaiimg.metrics.perturbation import positive_negative_perturbation
 from xaiimg.metrics.sanity import model_randomisation
 from xaiimg.models.zoo import load_model
+from xaiimg.nn import LayerPass, activations_and_gradients
 from xaiimg.ops import minmax_normalize
 from xaiimg.report import to_json, write_atomic
 from xaiimg.stats import Estimate, bootstrap_mean, paired_bootstrap, paired_difference, sign_flip_test
@@ -60,7 +64,7 @@ MSG_CAM_LITERAL = {"image_mode": "bilinear", "alpha_score": "logit", "keep_scale
 MSG_CAM_ABLATIONS = {"keep all scales": {"keep_scales": "all"}, "bicubic": {"image_mode": "bicubic"},
                      "softmax alpha": {"alpha_score": "probability"}, "scales to 1.5x": {"zeta_max": 128}}
 CONTROLS = ("centre prior", "coverage", "S0 x coverage")
-PART_NAMES = ("photos", "pointing", "enhancement", "enhancement_vit", "discrimination", "sanity")
+PART_NAMES = ("photos", "layers", "pointing", "enhancement", "enhancement_vit", "discrimination", "sanity")
 FUSIONS = ("literal", "normalised", "windows")
 
 
@@ -250,11 +254,37 @@ def photos_part(config: ThesisStudyConfig, log) -> dict:
             "perturbation_overall": {k: v["overall"] for k, v in perturbation.items()},
             "step_check": {"images": check, "literal": literal_step,
                            "coarse": {k: faithfulness[k].overall[:check].tolist() for k in literal_step}},
-            "kept_scales": kept,
-            "gap_layer_identity": {f"grad-cam == xgrad-cam at {layer}": bool(torch.equal(
-                get_method("grad-cam", layer=layer)(model, x, target=labels),
-                get_method("xgrad-cam", layer=layer)(model, x, target=labels)))
-                for layer in (config.gap_layer, config.layer)}}
+            "kept_scales": kept}
+
+
+def gradient_spatial_spread(layer_pass: LayerPass) -> torch.Tensor:
+    """Per sample ``max_c (max_hw g - min_hw g) / max |g|``: 0 when every channel's gradient ``g = dy_t/dA`` is
+    constant over the positions (a layer that global average pooling feeds straight to a linear classifier)."""
+    g = layer_pass.gradients.flatten(2)
+    spread = (g.amax(-1) - g.amin(-1)).amax(-1)
+    return spread / g.abs().flatten(1).amax(-1).clamp_min(torch.finfo(g.dtype).tiny)
+
+
+def relative_map_difference(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Per sample ``max |a - b| / max(|a|, |b|)`` (0: the same map up to rounding; 1: nothing in common)."""
+    scale = torch.maximum(a.abs().flatten(1).amax(-1), b.abs().flatten(1).amax(-1))
+    return (a - b).abs().flatten(1).amax(-1) / scale.clamp_min(torch.finfo(a.dtype).tiny)
+
+
+def layers_part(config: ThesisStudyConfig, log) -> dict:
+    """Why the CAM family is evaluated at the 14x14 layer as well as at the GAP layer: per photograph, the spatial
+    spread of the target's gradient and the relative difference of Grad-CAM (eq. 2-4 weights: the mean gradient)
+    and XGrad-CAM (activation-weighted gradient) at ``gap_layer`` and at ``layer``."""
+    model = load_model(config.model)
+    x, labels, description = load_photos(model, config.photos, config.photo_count)
+    layers = {}
+    for layer in (config.gap_layer, config.layer):
+        spread = gradient_spatial_spread(activations_and_gradients(model, x, layer, labels))
+        difference = relative_map_difference(get_method("grad-cam", layer=layer)(model, x, target=labels),
+                                             get_method("xgrad-cam", layer=layer)(model, x, target=labels))
+        layers[layer] = {"gradient_spatial_spread": spread.tolist(), "grad_cam_vs_xgrad_cam": difference.tolist()}
+        log(f"layers: {layer}")
+    return {"model": config.model, "data": f"{len(x)} {description}", "n": len(x), "layers": layers}
 
 
 # --------------------------------------------------------------------------------------------- synthetic
@@ -584,10 +614,11 @@ def _write_csv(path: Path, rows: Sequence[dict]) -> None:
         writer.writerows(rows)
 
 
-PART_FUNCTIONS = {"photos": photos_part, "pointing": pointing_part, "enhancement": enhancement_part,
-                  "enhancement_vit": enhancement_vit_part, "discrimination": discrimination_part,
-                  "sanity": sanity_part}
+PART_FUNCTIONS = {"photos": photos_part, "layers": layers_part, "pointing": pointing_part,
+                  "enhancement": enhancement_part, "enhancement_vit": enhancement_vit_part,
+                  "discrimination": discrimination_part, "sanity": sanity_part}
 CLAIM_FUNCTIONS = {"photos": lambda part, config: photo_claims(part, config),
+                   "layers": lambda part, config: [],
                    "pointing": lambda part, config: pointing_claims(part),
                    "enhancement": lambda part, config: enhancement_claims(part),
                    "enhancement_vit": lambda part, config: enhancement_claims(part),
@@ -611,8 +642,10 @@ def run_thesis_study(config: ThesisStudyConfig, results_dir: str | Path, log=pri
     extra = {"config": asdict(config), "parts": sorted(parts)}
     if "photos" in parts:
         extra["kept_scale_histogram"] = kept_scale_histogram(parts["photos"])
-        extra["gap_layer_identity"] = parts["photos"]["gap_layer_identity"]
         extra["step_check"] = parts["photos"]["step_check"]
+    if "layers" in parts:
+        extra["layer_check"] = {layer: {measure: max(values) for measure, values in measures.items()}
+                                for layer, measures in parts["layers"]["layers"].items()}
     write_atomic(out / "study.json", to_json(extra))
     write_claims(Path(results_dir) / "claims" / "thesis.json", claims)
     return claims
