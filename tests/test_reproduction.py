@@ -35,6 +35,12 @@ def test_claims_round_trip_and_render(tmp_path):
     assert "2 claims: 1 reproduced, 0 not reproduced, 1 not testable offline" in text
     out = rp.write_reproduction(tmp_path, tmp_path / "REPRODUCTION.md")
     assert out.read_text().count("| Table 3-") == 2
+    assert rp.verdict_lines(claims, ["Table 3-2"]) == [
+        "- Table 3-2: A beats B: REPRODUCED (AUC(A) - AUC(B): +0.100 [+0.050, +0.150], n = 20, lite0; 20 photos). "
+        + claims[0].note]
+    assert rp.verdict_lines(claims, ["Table 3-3"]) == [
+        "- Table 3-3: pointing on VOC07: NOT TESTABLE OFFLINE. needs VOC07"]
+    assert len(rp.verdict_lines(claims)) == 2 and rp.verdict_lines(claims, ["Fig."]) == []
 
 
 @pytest.mark.parametrize("change, message", [

@@ -154,6 +154,20 @@ def summary_lines(claims: Sequence[Claim]) -> list[str]:
             for paper, verdicts in summary_counts(claims).items()]
 
 
+def verdict_lines(claims: Sequence[Claim], where: Sequence[str] = ("",)) -> list[str]:
+    """The claims whose ``where`` starts with one of ``where``, one prose line each: where, statement, VERDICT, the
+    measure with mean, 95% interval, n, model and data, and the note (what notebooks print beside their numbers)."""
+    lines = []
+    for claim in claims:
+        if not claim.where.startswith(tuple(where)):
+            continue
+        measured = "" if claim.n is None else (
+            f" ({claim.measure}: {claim.mean:+.3f} [{claim.ci_low:+.3f}, {claim.ci_high:+.3f}], n = {claim.n}, "
+            f"{claim.model}; {claim.data})")
+        lines.append(f"- {claim.where}: {claim.statement}: {claim.verdict.upper()}{measured}. {claim.note}")
+    return lines
+
+
 def render_markdown(claims: Sequence[Claim], sources: Sequence[str] = ()) -> str:
     """docs/REPRODUCTION.md: a summary, then per paper one row per claim (where, statement, paper, ours, verdict)."""
     lines = ["# Reproduction: which claims of the two papers hold here", "",
