@@ -182,3 +182,12 @@ def test_config_is_validated():
 def test_msg_cam_study_settings_are_the_thesis_literal_ones():
     explainer = get_method("msg-cam", **ts.MSG_CAM_LITERAL)
     assert (explainer.image_mode, explainer.alpha_score, explainer.keep_scales) == ("bilinear", "logit", "top1")
+
+
+def test_cli_offers_exactly_the_study_parts():
+    """cli.py lists the parts literally (its --help must not import torch); they must stay the study's own."""
+    from xaiimg.cli import build_parser
+
+    commands = next(a for a in build_parser()._actions if a.dest == "command").choices
+    parts = next(a for a in commands["thesis-study"]._actions if a.dest == "parts")
+    assert tuple(parts.choices) == ts.PART_NAMES
