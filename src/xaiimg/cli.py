@@ -503,7 +503,7 @@ def _add_study_commands(commands) -> None:
     planted.add_argument("--results", default="results")
     planted.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     planted.add_argument("--size", type=int, default=128)
-    planted.add_argument("--train", type=int, default=2048)
+    planted.add_argument("--train", type=int, default=4096)
     planted.add_argument("--val", type=int, default=128)
     planted.add_argument("--test", type=int, default=200)
     planted.add_argument("--epochs", type=int, default=6)

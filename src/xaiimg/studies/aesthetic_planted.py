@@ -318,7 +318,7 @@ def planted_claims(quality: dict, measures: dict, areas: dict, data: str, model:
 
 # ---------------------------------------------------------------------------------------------- study
 def run_planted_study(run_dir: str | Path, results_dir: str | Path, seeds: Sequence[int] = (0, 1, 2, 3, 4), *,
-                      size: int = 128, train: int = 2048, val: int = 128, test: int = 200, epochs: int = 6,
+                      size: int = 128, train: int = 4096, val: int = 128, test: int = 200, epochs: int = 6,
                       batch_size: int = 32, lr: float = 5e-4, score_weight: float = 0.1, stage: str = "blocks.3",
                       reduced_channels: int = 256, lrp_scenes: int = 200, data_seed: int = 1000,
                       backbone: str = "efficientnet_lite0", rule: str = "subject", claims: bool = True,

@@ -94,7 +94,7 @@ class ThesisStudyConfig:
     synthetic_dir: str = "artifacts/synthetic"
     scenes: int = 500
     pointing_scenes: int = 250
-    discrimination_scenes: int = 100
+    discrimination_scenes: int = 250
     sanity_scenes: int = 20
     small_scale: tuple = (0.06, 0.12)
     cnn_methods: dict = field(default_factory=lambda: {"grad-cam": {}, "gradient": {}, "lrp": {}})
