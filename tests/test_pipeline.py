@@ -1,13 +1,25 @@
 """params.yaml -> papermill parameters: every notebook's values are ones its parameters cell declares; dvc.yaml's
 stages run the command line and depend on the whole package and their own notebook; notebooks are found by name."""
 import copy
+import json
 from pathlib import Path
 
 import papermill
 import pytest
 import yaml
 
-from xaiimg.pipeline import PROFILES, load_params, notebook_parameters, notebook_source
+from xaiimg.pipeline import (
+    PROFILES,
+    REPORT_LIMIT_BYTES,
+    REPORTS,
+    VOLATILE_CELL_METADATA,
+    VOLATILE_NOTEBOOK_METADATA,
+    load_params,
+    notebook_parameters,
+    notebook_source,
+    publishable,
+    run_notebook,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 PARAMS = yaml.safe_load((ROOT / "params.yaml").read_text())
@@ -58,6 +70,9 @@ def stage_problems(stage: dict) -> list[str]:
         notebook = f"notebooks/{stage['cmd'][len(NOTEBOOK_COMMAND):]}.ipynb"
         if notebook not in deps:
             problems.append(f"does not depend on its notebook {notebook}")
+        report = f"reports/{notebook.removeprefix('notebooks/')}"
+        if {report: {"cache": False}} not in stage.get("outs", []):
+            problems.append(f"does not write its executed copy {report} (cache: false, committed)")
     return problems
 
 
@@ -69,8 +84,11 @@ def test_every_stage_depends_on_the_package_and_its_notebook(name):
 
 def test_stage_check_catches_missing_dependencies():
     notebook_stage = {"cmd": NOTEBOOK_COMMAND + "02_cam_attention",
-                      "deps": ["notebooks/02_cam_attention.ipynb", "src/xaiimg"]}
+                      "deps": ["notebooks/02_cam_attention.ipynb", "src/xaiimg"],
+                      "outs": [{"reports/02_cam_attention.ipynb": {"cache": False}}]}
     assert stage_problems(notebook_stage) == []
+    assert stage_problems({**notebook_stage, "outs": ["artifacts/notebooks/02_cam_attention.ipynb"]}) == [
+        "does not write its executed copy reports/02_cam_attention.ipynb (cache: false, committed)"]
     assert stage_problems({**notebook_stage, "deps": ["notebooks/02_cam_attention.ipynb", "src/xaiimg/viz.py"]}) == [
         "does not depend on src/xaiimg"]
     assert stage_problems({**notebook_stage, "deps": ["notebooks/03_lrp.ipynb", "src/xaiimg"]}) == [
@@ -89,3 +107,92 @@ def test_notebooks_are_looked_up_by_name_never_joined_into_a_path():
     for name in ("../README", "03_lrp.ipynb", "notebooks/03_lrp", "/etc/passwd", "99_missing"):
         with pytest.raises(ValueError, match="no notebook"):
             notebook_source(name, ROOT)
+
+
+def papermill_record(**extra) -> dict:
+    cell = {"cell_type": "code", "source": "x = 1", "outputs": [], "execution_count": 1,
+            "metadata": {"tags": ["parameters"], "execution": {"iopub.status.busy": "2026-12-07T04:00:00"},
+                         "papermill": {"duration": 0.5, "status": "completed"}}}
+    return {"cells": [cell], "nbformat": 4, "nbformat_minor": 5,
+            "metadata": {"kernelspec": {"name": "python3"},
+                         "papermill": {"parameters": {"shown": 2}, "version": "2.6.0", "duration": 3.2,
+                                       "start_time": "2026-12-07T04:00:00", "end_time": "2026-12-07T04:00:03",
+                                       "input_path": "/home/me/xaiimg/notebooks/nb.ipynb",
+                                       "output_path": "/tmp/x/nb.ipynb", "environment_variables": {},
+                                       "exception": None, **extra}}}
+
+
+def test_publishable_drops_run_times_and_paths_and_keeps_the_rest():
+    executed = papermill_record()
+    published = publishable(executed)
+    assert published["metadata"]["papermill"] == {"parameters": {"shown": 2}, "version": "2.6.0"}
+    assert published["metadata"]["kernelspec"] == {"name": "python3"}
+    assert published["cells"][0]["metadata"] == {"tags": ["parameters"]}
+    injected = {"cell_type": "code", "id": "3f9ab2", "metadata": {"tags": ["injected-parameters"]}, "source": ""}
+    assert publishable({**executed, "cells": [injected]})["cells"][0]["id"] == "injected-parameters"
+    assert published["cells"][0]["source"] == "x = 1"
+    assert executed["metadata"]["papermill"]["duration"] == 3.2  # the input is not modified
+    assert publishable(papermill_record(duration=99.0)) == published  # two runs of a notebook: one file
+
+
+def write_notebook(path: Path, *cells: tuple[str, list[str]]) -> None:
+    code = [{"cell_type": "code", "execution_count": None, "id": f"cell-{number}", "metadata": {"tags": tags},
+             "outputs": [], "source": source} for number, (source, tags) in enumerate(cells)]
+    path.write_text(json.dumps({"cells": code, "nbformat": 4, "nbformat_minor": 5, "metadata": {
+        "kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"}}}))
+
+
+@pytest.fixture
+def tiny_checkout(tmp_path) -> Path:
+    (tmp_path / "notebooks").mkdir()
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump({"profile": "default", "datasets": {}, "notebooks": {
+        "01_tiny": {"default": {"points": 3}}, "02_broken": {"default": {}}}}))
+    write_notebook(tmp_path / "notebooks" / "01_tiny.ipynb", ("points = 5", ["parameters"]),
+                   ("import numpy as np\nfrom xaiimg import viz\n"
+                    "viz.save_figure(viz.plot_curves({'a': np.linspace(0, 1, points)}), 'figure', dpi=40)\n"
+                    "print('points', points)", []))
+    write_notebook(tmp_path / "notebooks" / "02_broken.ipynb", ("print('started')", []),
+                   ("raise RuntimeError('a failing cell')", []))
+    return tmp_path
+
+
+def test_run_notebook_commits_a_reproducible_report_with_its_figures(tiny_checkout):
+    report = run_notebook("01_tiny", tiny_checkout)
+    assert report == tiny_checkout / REPORTS / "01_tiny.ipynb"
+    notebook = json.loads(report.read_text())
+    assert notebook["metadata"]["papermill"]["parameters"] == {"points": 3}  # params.yaml's default profile
+    outputs = [output for cell in notebook["cells"] for output in cell.get("outputs", [])]
+    assert {"name": "stdout", "output_type": "stream", "text": ["points 3\n"]} in outputs
+    assert any("image/jpeg" in output.get("data", {}) for output in outputs)  # the saved figure, shown inline
+    assert (tiny_checkout / "notebooks" / "figure.png").is_file()  # run in notebooks/, as nbval runs it
+    first = report.read_bytes()
+    assert run_notebook("01_tiny", tiny_checkout).read_bytes() == first  # no times: a rerun is the same file
+
+
+def test_a_failing_notebook_keeps_the_last_report_and_saves_the_partial_run(tiny_checkout):
+    from papermill.exceptions import PapermillExecutionError
+
+    (tiny_checkout / REPORTS).mkdir()
+    (tiny_checkout / REPORTS / "02_broken.ipynb").write_text("the last good report")
+    with pytest.raises(PapermillExecutionError, match="a failing cell") as failure:
+        run_notebook("02_broken", tiny_checkout)
+    partial = tiny_checkout / "artifacts" / "failed_notebooks" / "02_broken.ipynb"
+    assert any(str(partial) in note for note in failure.value.__notes__)
+    assert "started" in partial.read_text()
+    assert (tiny_checkout / REPORTS / "02_broken.ipynb").read_text() == "the last good report"
+
+
+@pytest.mark.parametrize("name", sorted(PARAMS["notebooks"]))
+def test_committed_report_is_small_fresh_and_ran_with_the_default_profile(name):
+    """reports/ is what a reader opens on GitHub: the default profile's executed notebook, under 1 MiB, without
+    run times, run with today's params.yaml and without an error."""
+    report = ROOT / REPORTS / f"{name}.ipynb"
+    assert report.stat().st_size < REPORT_LIMIT_BYTES
+    notebook = json.loads(report.read_text())
+    declared = set(papermill.inspect_notebook(str(ROOT / "notebooks" / f"{name}.ipynb")))
+    params = {**PARAMS, "profile": "default"}
+    assert notebook["metadata"]["papermill"]["parameters"] == notebook_parameters(name, params, declared)
+    assert not set(notebook["metadata"]["papermill"]) & set(VOLATILE_NOTEBOOK_METADATA)
+    for cell in notebook["cells"]:
+        assert not set(cell["metadata"]) & set(VOLATILE_CELL_METADATA)
+        assert not [output for output in cell.get("outputs", []) if output["output_type"] == "error"]

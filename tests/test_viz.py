@@ -2,6 +2,7 @@
 figures released, and the top-k% saliency segment."""
 from __future__ import annotations
 
+import io
 import subprocess
 import sys
 from pathlib import Path
@@ -88,6 +89,31 @@ def test_save_figure_writes_pdf_and_png_reproducibly_and_closes(tmp_path):
     assert not plt.fignum_exists(managed.number)
     with pytest.raises(ValueError, match="without extension"):
         viz.save_figure(viz.plot_curves({"a": [0, 1]}), tmp_path / "x.png")
+
+
+def test_save_figure_shows_a_small_jpeg_inline_in_a_notebook_kernel(tmp_path, monkeypatch):
+    import IPython.display
+
+    shown = []
+    monkeypatch.setattr(IPython.display, "display", shown.append)
+    viz.save_figure(viz.plot_curves({"a": np.linspace(0, 1, 5)}), tmp_path / "script", dpi=50)
+    assert shown == []  # outside a kernel (pytest), nothing is displayed by default
+    viz.save_figure(viz.plot_curves({"a": np.linspace(0, 1, 5)}), tmp_path / "shown", dpi=50, show=True)
+    (image,) = shown
+    assert image.format == "jpeg" and image.data[:2] == b"\xff\xd8"
+    with Image.open(io.BytesIO(image.data)) as jpeg:
+        assert jpeg.size == (4 * viz.INLINE_DPI, 3 * viz.INLINE_DPI)  # figsize 4 x 3 inches
+    assert (tmp_path / "shown.png").is_file()  # the saved files are unchanged by showing
+
+    class Kernel:  # what IPython.get_ipython() returns inside Jupyter: a shell with a kernel
+        kernel = object()
+
+    monkeypatch.setattr("IPython.get_ipython", lambda: Kernel())
+    assert viz.in_notebook_kernel()
+    viz.save_figure(viz.plot_curves({"a": [0, 1]}), tmp_path / "auto", dpi=50)
+    assert len(shown) == 2
+    viz.save_figure(viz.plot_curves({"a": [0, 1]}), tmp_path / "quiet", dpi=50, show=False)
+    assert len(shown) == 2
 
 
 def test_saliency_segment_keeps_exactly_top_k_percent():

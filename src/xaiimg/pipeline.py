@@ -2,16 +2,26 @@
 
 ``params.yaml`` holds ``profile: default|full`` and, per notebook, ``notebooks.<name>.<profile>`` parameter
 dictionaries; ``xaiimg notebook <name>`` (each DVC notebook stage) executes the notebook of that name in
-``notebooks/`` with papermill (working directory ``notebooks/``, as nbval uses) into ``artifacts/notebooks/``.
+``notebooks/`` with papermill (working directory ``notebooks/``, as nbval uses) into ``reports/``: the executed
+notebooks are committed, so a reader sees every output and figure without rerunning anything. Run times and
+absolute paths are removed from their metadata (:func:`publishable`), and figures are shown inline as small JPEGs
+(:func:`xaiimg.viz.save_figure`), so each stays under :data:`REPORT_LIMIT_BYTES`.
 """
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 PROFILES = ("default", "full")
+REPORTS = "reports"
+REPORT_LIMIT_BYTES = 2**20
+# papermill's run records: times and the machine's absolute paths, which would make every rerun a different file
+VOLATILE_NOTEBOOK_METADATA = ("start_time", "end_time", "duration", "input_path", "output_path", "exception",
+                              "environment_variables")
+VOLATILE_CELL_METADATA = ("papermill", "execution")
 
 
 def repo_root() -> Path:
@@ -62,16 +72,50 @@ def notebook_source(name: str, root: Path) -> Path:
     return notebooks[name]
 
 
+def publishable(notebook: dict[str, Any]) -> dict[str, Any]:
+    """A copy of an executed notebook (nbformat JSON) without papermill's run times and paths: the notebook's
+    ``papermill`` record keeps only its parameters and version, cells lose their timing metadata, and the
+    parameters cell papermill injects gets a fixed id."""
+    notebook = json.loads(json.dumps(notebook))
+    record = notebook.get("metadata", {}).get("papermill")
+    if isinstance(record, dict):
+        for key in VOLATILE_NOTEBOOK_METADATA:
+            record.pop(key, None)
+    for cell in notebook.get("cells", []):
+        for key in VOLATILE_CELL_METADATA:
+            cell.get("metadata", {}).pop(key, None)
+        if "injected-parameters" in cell.get("metadata", {}).get("tags", []):
+            cell["id"] = "injected-parameters"  # papermill gives the cell it adds a random id
+    return notebook
+
+
 def run_notebook(name: str, root: Path | None = None) -> Path:
-    """Execute notebook ``name`` with its params.yaml parameters; returns the executed copy's path."""
+    """Execute notebook ``name`` with its params.yaml parameters into ``reports/`` (:func:`publishable`);
+    returns the executed copy's path."""
+    import tempfile
+
     import papermill
+
+    from xaiimg.report import write_atomic
 
     root = root or repo_root()
     source = notebook_source(name, root)
-    output = root / "artifacts" / "notebooks" / source.name
+    output = root / REPORTS / source.name
     output.parent.mkdir(parents=True, exist_ok=True)
     declared = set(papermill.inspect_notebook(str(source)))
     parameters = notebook_parameters(name, load_params(root / "params.yaml"), declared)
-    papermill.execute_notebook(str(source), str(output), parameters=parameters, cwd=str(root / "notebooks"),
-                               kernel_name="python3", progress_bar=False)
+    with tempfile.TemporaryDirectory() as scratch:
+        executed = Path(scratch) / source.name
+        try:
+            papermill.execute_notebook(str(source), str(executed), parameters=parameters,
+                                       cwd=str(root / "notebooks"), kernel_name="python3", progress_bar=False)
+        except Exception as error:  # keep the partly executed notebook for the reader, outside the committed folder
+            if executed.is_file():
+                failed = root / "artifacts" / "failed_notebooks" / source.name
+                failed.parent.mkdir(parents=True, exist_ok=True)
+                failed.write_bytes(executed.read_bytes())
+                error.add_note(f"the partly executed notebook is {failed}")
+            raise
+        notebook = publishable(json.loads(executed.read_text(encoding="utf-8")))
+    write_atomic(output, json.dumps(notebook, indent=1, ensure_ascii=False) + "\n")
     return output

@@ -148,8 +148,33 @@ def plot_curves(curves: Mapping[str, object], x=None, xlabel: str = "fraction of
     return figure
 
 
+INLINE_DPI = 60          # figures shown inside a notebook: small enough that an executed notebook stays under 1 MiB
+INLINE_JPEG_QUALITY = 85
+
+
+def in_notebook_kernel() -> bool:
+    """Whether this code runs inside a Jupyter kernel (an IPython shell with a kernel), not a script or a terminal."""
+    import sys
+
+    ipython = sys.modules.get("IPython")
+    shell = ipython.get_ipython() if ipython is not None else None
+    return shell is not None and hasattr(shell, "kernel")
+
+
+def show_inline(fig, dpi: int = INLINE_DPI) -> bytes:
+    """Display ``fig`` in the running notebook as a JPEG at ``dpi``; returns the JPEG's bytes."""
+    import io
+
+    from IPython.display import Image, display
+
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="jpeg", dpi=dpi, pil_kwargs={"quality": INLINE_JPEG_QUALITY})
+    display(Image(data=buffer.getvalue(), format="jpeg"))
+    return buffer.getvalue()
+
+
 def save_figure(fig, path_stem: str | Path, dpi: int = 100, formats: Sequence[str] = ("pdf", "png"),
-                close: bool = True) -> list[Path]:
+                close: bool = True, show: bool | None = None) -> list[Path]:
     """Write ``<path_stem>.pdf`` (vector) and ``<path_stem>.png`` (``dpi``), creating folders; returns the paths.
 
     ``dpi`` also sets the resolution of image panels inside the PDF (matplotlib resamples ``imshow`` output to it).
@@ -157,7 +182,9 @@ def save_figure(fig, path_stem: str | Path, dpi: int = 100, formats: Sequence[st
     the pipeline's figures, and figures with many noise-textured panels pass a lower ``dpi`` to stay under 1 MiB.
 
     No creation date is written, so rerunning a pipeline stage gives byte-identical files (DVC sees no change).
-    ``close`` releases the figure (and removes it from pyplot's list if pyplot made it).
+    ``close`` releases the figure (and removes it from pyplot's list if pyplot made it). ``show`` (default: when
+    running in a Jupyter kernel) also displays it inline with :func:`show_inline`, so an executed notebook shows
+    every figure it writes, at a resolution git can hold.
     """
     import sys
 
@@ -176,6 +203,8 @@ def save_figure(fig, path_stem: str | Path, dpi: int = 100, formats: Sequence[st
         path = stem.parent / f"{stem.name}.{fmt}"
         fig.savefig(path, format=fmt, dpi=dpi, metadata=metadata[fmt])
         paths.append(path)
+    if in_notebook_kernel() if show is None else show:
+        show_inline(fig)
     if close:
         if "matplotlib.pyplot" in sys.modules:
             sys.modules["matplotlib.pyplot"].close(fig)
