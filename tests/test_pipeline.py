@@ -102,6 +102,42 @@ def test_notebook_stages_cover_every_notebook():
     assert {NOTEBOOK_COMMAND + path.stem for path in (ROOT / "notebooks").glob("*.ipynb")} <= commands
 
 
+def test_thesis_study_runs_one_stage_per_part_then_a_summary():
+    """Each part is its own stage writing only its own file (so it reruns only when its settings change), and
+    thesis_study summarises every part file and nothing else."""
+    from xaiimg.studies.thesis_study import PART_NAMES
+
+    for part in PART_NAMES:
+        stage = STAGES[f"thesis_{part}"]
+        assert stage["cmd"].endswith(f"--parts {part} --no-summary")
+        assert stage["outs"] == [{f"results/thesis_study/{part}.json": {"cache": False}}]
+        assert all(param.startswith("thesis_study.") and param.split(".", 1)[1] in PARAMS["thesis_study"]
+                   for param in stage["params"])
+    summary = STAGES["thesis_study"]
+    assert summary["cmd"].endswith("--summary-only")
+    assert {f"results/thesis_study/{part}.json" for part in PART_NAMES} <= set(summary["deps"])
+
+
+def test_measured_timings_are_never_part_of_a_hashed_output():
+    """A run's ``timings.json`` (measured seconds) inside a cached DVC output would change that output's hash on
+    every rerun, so dvc.lock would change although the trained weights did not (issue 19 item 7)."""
+    import subprocess
+    import sys
+
+    from xaiimg.studies.runs import TIMINGS
+
+    cached = sorted({next(iter(out)) if isinstance(out, dict) else out for stage in STAGES.values()
+                     for out in stage.get("do", stage).get("outs", [])
+                     if not (isinstance(out, dict) and next(iter(out.values())).get("cache") is False)})
+    folders = [out for out in cached if not Path(out).suffix]
+    assert "artifacts/aesthetic_planted" in folders      # the study that writes RUN/timings.json
+    dvc = Path(sys.executable).parent / "dvc"
+    for folder in folders:
+        check = subprocess.run([str(dvc), "check-ignore", f"{folder}/{TIMINGS}"], cwd=ROOT, capture_output=True,
+                               text=True)
+        assert check.returncode == 0, f"{folder}/{TIMINGS} would be hashed into {folder}'s dvc.lock entry"
+
+
 def test_notebooks_are_looked_up_by_name_never_joined_into_a_path():
     assert notebook_source("03_lrp", ROOT) == ROOT / "notebooks" / "03_lrp.ipynb"
     for name in ("../README", "03_lrp.ipynb", "notebooks/03_lrp", "/etc/passwd", "99_missing"):
@@ -133,6 +169,22 @@ def test_publishable_drops_run_times_and_paths_and_keeps_the_rest():
     assert published["cells"][0]["source"] == "x = 1"
     assert executed["metadata"]["papermill"]["duration"] == 3.2  # the input is not modified
     assert publishable(papermill_record(duration=99.0)) == published  # two runs of a notebook: one file
+
+
+def test_publishable_drops_widget_state_whose_model_ids_are_random_per_run():
+    def run(model_id: str) -> dict:
+        executed = papermill_record()
+        executed["metadata"]["widgets"] = {"application/vnd.jupyter.widget-state+json": {"state": {model_id: {}}}}
+        executed["cells"][0]["outputs"] = [{"output_type": "execute_result", "execution_count": 1, "metadata": {},
+                                            "data": {"application/vnd.jupyter.widget-view+json":
+                                                     {"model_id": model_id, "version_major": 2},
+                                                     "text/plain": "VBox(children=(HTML(value='Ready.'),))"}}]
+        return publishable(executed)
+
+    first = run("913bfa1ac2024aa98fe92caf1dc4d2ba")
+    assert first == run("3d77cc1b16df4fe28ceec798f00c96f4")
+    assert "widgets" not in first["metadata"]
+    assert first["cells"][0]["outputs"][0]["data"] == {"text/plain": "VBox(children=(HTML(value='Ready.'),))"}
 
 
 def write_notebook(path: Path, *cells: tuple[str, list[str]]) -> None:

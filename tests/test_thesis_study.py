@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import csv
 import json
+from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 from xaiimg.data.synthetic import CENTRED_JITTER, SyntheticBenchmark
 from xaiimg.methods import get_method
@@ -131,6 +133,28 @@ def test_synthetic_parts_write_claims_and_summaries(synthetic_run, tmp_path, one
     variants = enhancement["runs"]["uniform/CNN/grad-cam"]["values"]["miou"]
     assert {"plain", "literal", "normalised", "windows", "centre prior", "coverage", "S0 x coverage",
             "literal D0=8", "literal D0=None"} == set(variants)
+
+
+def test_parts_are_seeded_alone_and_summary_only_rebuilds_the_claims(synthetic_run, tmp_path, one_thread):
+    """A part's values do not depend on which parts ran before it in the process (DVC runs one per stage), and
+    ``--summary-only`` recomputes the same claims from the stored part files."""
+    small = dict(synthetic_dir=str(synthetic_run), scenes=2, pointing_scenes=2, sanity_scenes=2, batch_size=8,
+                 msg_cam={"num_scales": 2, "zeta_max": 32}, cameras={"resolutions": [64, 96]})
+    alone, after = tmp_path / "alone", tmp_path / "after"
+    ts.run_thesis_study(ts.ThesisStudyConfig(**small, parts=("sanity",)), alone, log=lambda line: None,
+                        summarise=False)
+    assert not (alone / "claims").exists() and not (alone / "thesis_study" / "summary.csv").exists()
+    claims = ts.run_thesis_study(ts.ThesisStudyConfig(**small, parts=("pointing", "sanity")), after,
+                                 log=lambda line: None)
+    part = Path("thesis_study") / "sanity.json"
+    assert (alone / part).read_bytes() == (after / part).read_bytes()
+    (after / "claims" / "thesis.json").unlink()
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump({"thesis_study": small}))
+    from xaiimg.cli import main
+
+    assert main(["thesis-study", "--params", str(tmp_path / "params.yaml"), "--results", str(after),
+                 "--summary-only"]) == 0
+    assert rp.read_claims(rp.claim_files(after)) == claims
 
 
 def test_photos_part_on_lite0(lite0, tmp_path, one_thread):

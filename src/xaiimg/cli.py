@@ -402,7 +402,7 @@ def command_notebook(args) -> list[Path]:
 def command_thesis_study(args) -> list[Path]:
     import yaml
 
-    from xaiimg.studies.thesis_study import ThesisStudyConfig, run_thesis_study
+    from xaiimg.studies.thesis_study import ThesisStudyConfig, run_thesis_study, summarise_thesis_study
 
     try:
         block = yaml.safe_load(Path(args.params).read_text()).get("thesis_study") or {}
@@ -410,8 +410,12 @@ def command_thesis_study(args) -> list[Path]:
     except (TypeError, ValueError, AttributeError, yaml.YAMLError) as error:
         raise CommandError(f"{args.params}: bad thesis_study block ({error})") from None
     results = Path(args.results)
-    run_thesis_study(config, results, log=functools.partial(print, flush=True))
-    return [results / "claims" / "thesis.json", results / "thesis_study"]
+    if args.summary_only:
+        summarise_thesis_study(config, results)
+        return [results / "claims" / "thesis.json", results / "thesis_study" / "summary.csv"]
+    run_thesis_study(config, results, log=functools.partial(print, flush=True), summarise=not args.no_summary)
+    written = [results / "thesis_study" / f"{name}.json" for name in config.parts]
+    return written if args.no_summary else [results / "claims" / "thesis.json", *written]
 
 
 def command_aesthetic_study(args) -> list[Path]:
@@ -494,7 +498,12 @@ def _add_study_commands(commands) -> None:
     study.add_argument("--results", default="results", help="results folder (writes thesis_study/ and claims/)")
     study.add_argument("--parts", nargs="+", choices=["photos", "layers", "pointing", "enhancement",
                                                      "enhancement_vit", "discrimination", "sanity"],
-                       help="run only these parts")
+                       help="run only these parts (the others' stored files are kept)")
+    steps = study.add_mutually_exclusive_group()
+    steps.add_argument("--no-summary", action="store_true",
+                       help="write only the parts' files (DVC's thesis_<part> stages), not the summary and claims")
+    steps.add_argument("--summary-only", action="store_true",
+                       help="run no part: write summary.csv, study.json and claims/thesis.json from the stored parts")
     study.set_defaults(run=command_thesis_study)
 
     planted = commands.add_parser("aesthetic-study", help="aesthetic paper claims 2-3 on the planted-evidence "

@@ -9,6 +9,7 @@ absolute paths are removed from their metadata (:func:`publishable`), and figure
 """
 from __future__ import annotations
 
+import copy
 import json
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,7 @@ REPORT_LIMIT_BYTES = 2**20
 VOLATILE_NOTEBOOK_METADATA = ("start_time", "end_time", "duration", "input_path", "output_path", "exception",
                               "environment_variables")
 VOLATILE_CELL_METADATA = ("papermill", "execution")
+WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"
 
 
 def repo_root() -> Path:
@@ -75,8 +77,10 @@ def notebook_source(name: str, root: Path) -> Path:
 def publishable(notebook: dict[str, Any]) -> dict[str, Any]:
     """A copy of an executed notebook (nbformat JSON) without papermill's run times and paths: the notebook's
     ``papermill`` record keeps only its parameters and version, cells lose their timing metadata, and the
-    parameters cell papermill injects gets a fixed id."""
-    notebook = json.loads(json.dumps(notebook))
+    parameters cell papermill injects gets a fixed id. Widget state is dropped (its model ids are random per run,
+    and a static page cannot run widgets); a widget's output keeps its ``text/plain`` form."""
+    notebook = copy.deepcopy(notebook)
+    notebook.get("metadata", {}).pop("widgets", None)
     record = notebook.get("metadata", {}).get("papermill")
     if isinstance(record, dict):
         for key in VOLATILE_NOTEBOOK_METADATA:
@@ -84,6 +88,8 @@ def publishable(notebook: dict[str, Any]) -> dict[str, Any]:
     for cell in notebook.get("cells", []):
         for key in VOLATILE_CELL_METADATA:
             cell.get("metadata", {}).pop(key, None)
+        for output in cell.get("outputs", []):
+            output.get("data", {}).pop(WIDGET_VIEW, None)
         if "injected-parameters" in cell.get("metadata", {}).get("tags", []):
             cell["id"] = "injected-parameters"  # papermill gives the cell it adds a random id
     return notebook

@@ -105,7 +105,7 @@ class ThesisStudyConfig:
     cameras: dict = field(default_factory=dict)
     batch_size: int = 32
     seed: int = 0
-    parts: tuple = ("photos", "pointing", "enhancement", "enhancement_vit", "discrimination", "sanity")
+    parts: tuple = PART_NAMES
 
     def __post_init__(self):
         unknown = sorted(set(self.parts) - set(PART_NAMES))
@@ -626,14 +626,23 @@ CLAIM_FUNCTIONS = {"photos": lambda part, config: photo_claims(part, config),
                    "sanity": lambda part, config: sanity_claims(part)}
 
 
-def run_thesis_study(config: ThesisStudyConfig, results_dir: str | Path, log=print) -> list[Claim]:
-    """Run the study's ``config.parts`` into ``results_dir/thesis_study/<part>.json``, then write the summary,
-    ``study.json`` and the claims from every part file present there (parts run earlier, e.g. with ``--parts``,
-    are kept). Claims are computed from the stored (rounded) values, so they are the same however parts were run."""
-    torch.manual_seed(config.seed)
+def run_thesis_study(config: ThesisStudyConfig, results_dir: str | Path, log=print, summarise: bool = True
+                     ) -> list[Claim] | None:
+    """Run the study's ``config.parts`` into ``results_dir/thesis_study/<part>.json`` and, with ``summarise``,
+    :func:`summarise_thesis_study`. Each part is seeded with ``config.seed`` before it runs, so a part's values do
+    not depend on which parts ran before it in the same process (DVC runs each part as its own stage)."""
     out = Path(results_dir) / "thesis_study"
     for name in config.parts:
+        torch.manual_seed(config.seed)
         write_atomic(out / f"{name}.json", compact_json(PART_FUNCTIONS[name](config, log)))
+    return summarise_thesis_study(config, results_dir) if summarise else None
+
+
+def summarise_thesis_study(config: ThesisStudyConfig, results_dir: str | Path) -> list[Claim]:
+    """Write ``summary.csv``, ``study.json`` and ``claims/thesis.json`` from every part file present in
+    ``results_dir/thesis_study`` (parts run earlier, e.g. with ``--parts``, are kept). Claims are computed from the
+    stored (rounded) values, so they are the same however the parts were run."""
+    out = Path(results_dir) / "thesis_study"
     parts = {name: json.loads((out / f"{name}.json").read_text()) for name in PART_FUNCTIONS
              if (out / f"{name}.json").is_file()}
     claims = [claim for name, part in parts.items() for claim in CLAIM_FUNCTIONS[name](part, config)]
@@ -649,5 +658,3 @@ def run_thesis_study(config: ThesisStudyConfig, results_dir: str | Path, log=pri
     write_atomic(out / "study.json", to_json(extra))
     write_claims(Path(results_dir) / "claims" / "thesis.json", claims)
     return claims
-
-

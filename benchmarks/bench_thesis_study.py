@@ -1,0 +1,104 @@
+"""Benchmark: the thesis study's enhancement loop (issue 15) on the synthetic CNN, passes counted.
+
+Measured in one run on the same scenes (the study's uniform set, ``--scenes`` of them):
+- model passes: images sent through the model by one plain ``SlidingWindow`` call (eq. 4-8) and by
+  ``enhancement_maps`` (the plain map, three fusions, three controls and the five-value D0 sweep); the study
+  explains the windows once, so both must send the same images (target: ratio 1);
+- seconds: the same two calls, the localisation metrics of all 12 maps (pointing, energy pointing, mIoU, boundary
+  F-score: no model pass) and the positive/negative perturbation of the 7 maps the study scores, per 100 scenes.
+Writes benchmarks/out/bench_thesis_study.json. Needs the DVC ``synthetic`` stage's artifacts/synthetic/cnn.pt.
+
+    .venv/bin/python benchmarks/bench_thesis_study.py [--scenes 32] [--method grad-cam]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import time
+from pathlib import Path
+
+import torch
+
+from xaiimg.methods import get_method
+from xaiimg.methods.sliding_window import SlidingWindow
+from xaiimg.metrics import positive_negative_perturbation
+from xaiimg.studies.synthetic import synthetic_model
+from xaiimg.studies.thesis_study import ThesisStudyConfig, _scenes, enhancement_maps, localisation_values
+
+OUT = Path(__file__).resolve().parent / "out" / "bench_thesis_study.json"
+
+
+class PassCounter:
+    """Counts the images that go through ``model.forward`` (a forward pre-hook, removed on exit)."""
+
+    def __init__(self, model: torch.nn.Module):
+        self.model, self.images, self.calls = model, 0, 0
+
+    def __enter__(self):
+        def count(_, inputs):
+            self.images += len(inputs[0])
+            self.calls += 1
+        self.handle = self.model.register_forward_pre_hook(count)
+        return self
+
+    def __exit__(self, *_):
+        self.handle.remove()
+
+
+def timed(function):
+    start = time.perf_counter()
+    result = function()
+    return time.perf_counter() - start, result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--scenes", type=int, default=32)
+    parser.add_argument("--method", default="grad-cam")
+    parser.add_argument("--synthetic-dir", default="artifacts/synthetic")
+    args = parser.parse_args()
+    config = ThesisStudyConfig(synthetic_dir=args.synthetic_dir, scenes=args.scenes)
+    model = synthetic_model(config.synthetic_dir, "cnn")
+    scenes = _scenes(model, config, args.scenes)
+    x = model.spec.from_unit_range(scenes.images.float())
+    targets, masks = scenes.targets, scenes.class_masks(scenes.targets)
+    sliding = SlidingWindow(get_method(args.method), **config.synthetic_window)
+
+    def plain():
+        return torch.cat([sliding(model, x[i:i + config.batch_size], target=targets[i:i + config.batch_size])
+                          for i in range(0, len(x), config.batch_size)])
+
+    with PassCounter(model) as plain_passes:
+        plain_seconds, plain_maps = timed(plain)
+    with PassCounter(model) as study_passes:
+        study_seconds, maps = timed(lambda: enhancement_maps(sliding, model, x, targets, config.batch_size,
+                                                             config.cutoffs))
+    metric_seconds, _ = timed(lambda: [localisation_values(saliency, masks) for saliency in maps.values()])
+    scored = {name: saliency for name, saliency in maps.items() if not name.startswith("literal D0")}
+    with PassCounter(model) as perturbation_passes:
+        perturbation_seconds, _ = timed(lambda: [
+            positive_negative_perturbation(model, x, saliency, labels=targets, reference="label",
+                                           batch_size=config.batch_size) for saliency in scored.values()])
+    per_100 = 100 / len(x)
+    record = {
+        "machine": {"platform": platform.platform(), "processor": platform.processor(),
+                    "threads": torch.get_num_threads(), "torch": torch.__version__},
+        "scenes": len(x), "method": args.method, "maps": len(maps), "perturbed_maps": len(scored),
+        "passes": {"plain_sliding_window": plain_passes.images, "enhancement_maps": study_passes.images,
+                   "ratio": study_passes.images / plain_passes.images,
+                   "perturbation": perturbation_passes.images,
+                   "perturbation_per_map_per_scene": perturbation_passes.images / len(scored) / len(x)},
+        "literal_equals_plain_call": float((maps["literal"] - plain_maps).abs().max()),
+        "seconds_per_100_scenes": {"plain_sliding_window": plain_seconds * per_100,
+                                   "enhancement_maps": study_seconds * per_100,
+                                   "localisation_metrics": metric_seconds * per_100,
+                                   "perturbation": perturbation_seconds * per_100},
+    }
+    OUT.parent.mkdir(exist_ok=True)
+    OUT.write_text(json.dumps(record, indent=1))
+    print(json.dumps(record, indent=1))
+
+
+if __name__ == "__main__":
+    main()
