@@ -23,27 +23,11 @@ import torch
 from xaiimg.methods import get_method
 from xaiimg.methods.sliding_window import SlidingWindow
 from xaiimg.metrics import positive_negative_perturbation
+from xaiimg.passes import count_passes
 from xaiimg.studies.synthetic import synthetic_model
 from xaiimg.studies.thesis_study import ThesisStudyConfig, _scenes, enhancement_maps, localisation_values
 
 OUT = Path(__file__).resolve().parent / "out" / "bench_thesis_study.json"
-
-
-class PassCounter:
-    """Counts the images that go through ``model.forward`` (a forward pre-hook, removed on exit)."""
-
-    def __init__(self, model: torch.nn.Module):
-        self.model, self.images, self.calls = model, 0, 0
-
-    def __enter__(self):
-        def count(_, inputs):
-            self.images += len(inputs[0])
-            self.calls += 1
-        self.handle = self.model.register_forward_pre_hook(count)
-        return self
-
-    def __exit__(self, *_):
-        self.handle.remove()
 
 
 def timed(function):
@@ -69,14 +53,14 @@ def main() -> None:
         return torch.cat([sliding(model, x[i:i + config.batch_size], target=targets[i:i + config.batch_size])
                           for i in range(0, len(x), config.batch_size)])
 
-    with PassCounter(model) as plain_passes:
+    with count_passes(model) as plain_passes:
         plain_seconds, plain_maps = timed(plain)
-    with PassCounter(model) as study_passes:
+    with count_passes(model) as study_passes:
         study_seconds, maps = timed(lambda: enhancement_maps(sliding, model, x, targets, config.batch_size,
                                                              config.cutoffs))
     metric_seconds, _ = timed(lambda: [localisation_values(saliency, masks) for saliency in maps.values()])
     scored = {name: saliency for name, saliency in maps.items() if not name.startswith("literal D0")}
-    with PassCounter(model) as perturbation_passes:
+    with count_passes(model) as perturbation_passes:
         perturbation_seconds, _ = timed(lambda: [
             positive_negative_perturbation(model, x, saliency, labels=targets, reference="label",
                                            batch_size=config.batch_size) for saliency in scored.values()])
@@ -85,10 +69,14 @@ def main() -> None:
         "machine": {"platform": platform.platform(), "processor": platform.processor(),
                     "threads": torch.get_num_threads(), "torch": torch.__version__},
         "scenes": len(x), "method": args.method, "maps": len(maps), "perturbed_maps": len(scored),
-        "passes": {"plain_sliding_window": plain_passes.images, "enhancement_maps": study_passes.images,
-                   "ratio": study_passes.images / plain_passes.images,
-                   "perturbation": perturbation_passes.images,
-                   "perturbation_per_map_per_scene": perturbation_passes.images / len(scored) / len(x)},
+        "images_forwarded": {"plain_sliding_window": plain_passes.images_forwarded,
+                             "enhancement_maps": study_passes.images_forwarded,
+                             "ratio": study_passes.images_forwarded / plain_passes.images_forwarded,
+                             "perturbation": perturbation_passes.images_forwarded,
+                             "perturbation_per_map_per_scene": perturbation_passes.images_forwarded / len(scored)
+                             / len(x)},
+        "images_backwarded": {"plain_sliding_window": plain_passes.images_backwarded,
+                              "enhancement_maps": study_passes.images_backwarded},
         "literal_equals_plain_call": float((maps["literal"] - plain_maps).abs().max()),
         "seconds_per_100_scenes": {"plain_sliding_window": plain_seconds * per_100,
                                    "enhancement_maps": study_seconds * per_100,
