@@ -215,3 +215,11 @@ def test_cli_offers_exactly_the_study_parts():
     commands = next(a for a in build_parser()._actions if a.dest == "command").choices
     parts = next(a for a in commands["thesis-study"]._actions if a.dest == "parts")
     assert tuple(parts.choices) == ts.PART_NAMES
+
+
+def test_config_defaults_are_the_committed_run():
+    """``ThesisStudyConfig()`` is the run params.yaml commits (its docstring says so): a size changed in one place
+    only fails here."""
+    block = yaml.safe_load((Path(__file__).resolve().parents[1] / "params.yaml").read_text())["thesis_study"]
+    config = ts.ThesisStudyConfig()
+    assert {key: getattr(config, key) for key in block} == block

@@ -95,7 +95,7 @@ class ThesisStudyConfig:
     scenes: int = 500
     pointing_scenes: int = 250
     discrimination_scenes: int = 250
-    sanity_scenes: int = 20
+    sanity_scenes: int = 200
     small_scale: tuple = (0.06, 0.12)
     cnn_methods: dict = field(default_factory=lambda: {"grad-cam": {}, "gradient": {}, "lrp": {}})
     vit_methods: dict = field(default_factory=lambda: {"transformer-attribution": {}, "attention-rollout": {},
