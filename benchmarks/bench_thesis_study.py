@@ -25,7 +25,7 @@ from xaiimg.methods.sliding_window import SlidingWindow
 from xaiimg.metrics import positive_negative_perturbation
 from xaiimg.passes import count_passes
 from xaiimg.studies.synthetic import synthetic_model
-from xaiimg.studies.thesis_study import ThesisStudyConfig, _scenes, enhancement_maps, localisation_values
+from xaiimg.studies.thesis_study import ThesisStudyConfig, enhancement_maps, localisation_values, study_scenes
 
 OUT = Path(__file__).resolve().parent / "out" / "bench_thesis_study.json"
 
@@ -44,7 +44,7 @@ def main() -> None:
     args = parser.parse_args()
     config = ThesisStudyConfig(synthetic_dir=args.synthetic_dir, scenes=args.scenes)
     model = synthetic_model(config.synthetic_dir, "cnn")
-    scenes = _scenes(model, config, args.scenes)
+    scenes = study_scenes(model, args.scenes)
     x = model.spec.from_unit_range(scenes.images.float())
     targets, masks = scenes.targets, scenes.class_masks(scenes.targets)
     sliding = SlidingWindow(get_method(args.method), **config.synthetic_window)

@@ -22,7 +22,7 @@ def results_section(repo: Path = REPO) -> str:
     synthetic = json.loads((repo / "results" / "04_metrics.json").read_text())["synthetic_cnn_accuracy"]
     subject = json.loads((repo / "results" / "02_metrics.json").read_text())
     paired = subject["paired_difference"]
-    columns = ("method", "insertion_auc", "deletion_auc", "overall", "seconds")
+    columns = ("method", "insertion_auc", "deletion_auc", "overall")
     rows = [{c: row[c] for c in columns if c in row} for row in faithfulness]
     claims = read_claims(claim_files(repo / "results"))
     return "\n".join([

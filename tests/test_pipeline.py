@@ -138,6 +138,35 @@ def test_measured_timings_are_never_part_of_a_hashed_output():
         assert check.returncode == 0, f"{folder}/{TIMINGS} would be hashed into {folder}'s dvc.lock entry"
 
 
+def _declared(stage: dict, kind: str) -> dict[str, dict]:
+    return {next(iter(out)) if isinstance(out, dict) else out: (next(iter(out.values())) if isinstance(out, dict)
+                                                                else {}) for out in stage.get(kind, [])}
+
+
+def test_measured_seconds_are_uncached_metrics_never_a_column_of_a_committed_table():
+    """Tables rebuild byte-identical only without clock readings in them: the notebooks write measured seconds to
+    ``results/NN_timings.json``, declared as uncached DVC metrics, and no committed results table has a
+    ``seconds`` column or key (issue 19 item 7)."""
+    timing_files = {path: options for stage in STAGES.values() for path, options in _declared(stage, "metrics").items()
+                    if path.endswith("_timings.json")}
+    assert set(timing_files) >= {"results/04_timings.json", "results/06_timings.json"}
+    assert all(options.get("cache") is False for options in timing_files.values())
+    tables = sorted(path for stage in STAGES.values() for path in _declared(stage, "outs")
+                    if path.startswith("results/") and path.endswith((".csv", ".json")))
+    assert "results/04_insertion_deletion.csv" in tables
+    for path in tables:
+        text = (ROOT / path).read_text()
+        header = text.splitlines()[0].split(",") if path.endswith(".csv") else []
+        assert "seconds" not in header and '"seconds"' not in text, f"{path} holds measured seconds"
+
+
+def test_write_timings_records_seconds_and_threads(tmp_path):
+    from xaiimg.report import write_timings
+
+    written = json.loads(write_timings(tmp_path / "t.json", {"grad-cam": 0.5}).read_text())
+    assert written["seconds"] == {"grad-cam": 0.5} and written["torch_threads"] >= 1
+
+
 def test_notebooks_are_looked_up_by_name_never_joined_into_a_path():
     assert notebook_source("03_lrp", ROOT) == ROOT / "notebooks" / "03_lrp.ipynb"
     for name in ("../README", "03_lrp.ipynb", "notebooks/03_lrp", "/etc/passwd", "99_missing"):

@@ -10,6 +10,7 @@ import pytest
 import torch
 import yaml
 
+from xaiimg.data import sample_images
 from xaiimg.data.synthetic import CENTRED_JITTER, SyntheticBenchmark
 from xaiimg.methods import get_method
 from xaiimg.methods.base import Explainer
@@ -171,6 +172,40 @@ def test_photos_part_on_lite0(lite0, tmp_path, one_thread):
     assert photos["kept_scales"]["msg-cam @blocks.4 (keep all scales)"] == [2, 2]
     claims = ts.photo_claims(photos, config)
     assert len([c for c in claims if c.where == "Table 3-2"]) == len(ts.CAM_BASELINES)
+
+
+def test_second_model_part_scores_its_own_model_and_layer_without_ablations(lite0, one_thread):
+    """The second-model part runs :func:`photos_part` on ``second_model`` at ``second_model_layer`` (here Lite0 at
+    ``blocks.5``, the code path; the committed run uses Lite2): no MSG-CAM ablations, no step check, and its claims
+    carry their own ids so both models' verdicts stand side by side."""
+    config = ts.ThesisStudyConfig(photo_count=2, insertion_step_factor=32, second_model="efficientnet_lite0",
+                                  second_model_layer="blocks.5", msg_cam={"num_scales": 2, "zeta_max": 64},
+                                  cameras={"resolutions": [224, 256]}, batch_size=16)
+    photos = ts.photos_second_model_part(config, log=lambda line: None)
+    assert photos["model"] == "efficientnet_lite0" and photos["step_check"]["images"] == 0
+    assert set(photos["kept_scales"]) == {"msg-cam @blocks.5", "msg-cam @bn2"}
+    assert "grad-cam @blocks.5 + SW literal" in photos["overall"] and "grad-cam @blocks.4" not in photos["overall"]
+    claims = ts.CLAIM_FUNCTIONS["photos_second_model"](photos, config)
+    assert all(c.id.endswith("/second-model") and c.where.endswith("(second model)") for c in claims)
+    assert "layer blocks.5" in claims[0].model and not claims[0].details
+    assert len([c for c in claims if c.where == "Table 3-2 (second model)"]) == len(ts.CAM_BASELINES)
+
+
+def test_lite2_blocks4_is_the_thesis_analogous_layer():
+    """EfficientNet-Lite2 (offline ImageNet weights) at its 260 px input: ``blocks.4`` is a stride-16 map (17x17)
+    whose gradient varies over positions, while at ``bn2`` (fed to GAP and the classifier) it is constant."""
+    from xaiimg.models import load_model
+
+    lite2 = load_model("efficientnet_lite2")
+    x = lite2.preprocess(sample_images(["coffee"]))
+    assert tuple(x.shape[-2:]) == (260, 260)
+    spread = {}
+    for layer in ("blocks.4", "bn2"):
+        layer_pass = activations_and_gradients(lite2, x, layer, [967])
+        spread[layer] = ts.gradient_spatial_spread(layer_pass).item()
+        if layer == "blocks.4":
+            assert tuple(layer_pass.activations.shape[-2:]) == (17, 17)
+    assert spread["blocks.4"] > 0.1 and spread["bn2"] < 1e-5
 
 
 def test_gradient_is_spatially_constant_at_the_gap_layer_only(tiny_cnn):

@@ -496,8 +496,8 @@ def _add_study_commands(commands) -> None:
                                 "(DVC stage thesis_study; settings: params.yaml thesis_study)")
     study.add_argument("--params", default="params.yaml", help="YAML file with a thesis_study block")
     study.add_argument("--results", default="results", help="results folder (writes thesis_study/ and claims/)")
-    study.add_argument("--parts", nargs="+", choices=["photos", "layers", "pointing", "enhancement",
-                                                     "enhancement_vit", "discrimination", "sanity"],
+    study.add_argument("--parts", nargs="+", choices=["photos", "photos_second_model", "layers", "pointing",
+                                                     "enhancement", "enhancement_vit", "discrimination", "sanity"],
                        help="run only these parts (the others' stored files are kept)")
     steps = study.add_mutually_exclusive_group()
     steps.add_argument("--no-summary", action="store_true",

@@ -173,6 +173,16 @@ def write_table(rows: Sequence[Mapping[str, Any]], stem: str | Path, caption: st
     }
 
 
+
+def write_timings(path: str | Path, seconds: Mapping[str, float]) -> Path:
+    """Write measured wall-clock ``seconds`` per method to ``path`` (JSON, with the torch thread count and the
+    machine), apart from the tables: timings differ on every run, so a table holding them would never rebuild
+    byte-identical. The pipeline declares these files as uncached DVC metrics (``dvc metrics show``)."""
+    import torch
+
+    return write_atomic(path, to_json({"seconds": dict(seconds), "torch_threads": torch.get_num_threads(),
+                                       "machine": platform.machine(), "processor": platform.processor()}))
+
 # ------------------------------------------------------------------------------------------ results store
 RECORD_SCHEMA_VERSION = 1
 SUPPORTED_SCHEMA_VERSIONS = frozenset({1})

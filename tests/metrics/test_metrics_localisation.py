@@ -10,6 +10,7 @@ from xaiimg.metrics import (
     SegmentationScores,
     average_precision,
     boxes_to_mask,
+    per_image_segmentation_iou,
     pointing_game,
     segmentation_scores,
 )
@@ -160,6 +161,23 @@ def test_segmentation_threshold_is_the_map_mean_after_resizing():
     streamed.update(list(maps[2:, 0]), list(masks[2:]))
     whole = segmentation_scores(maps, masks)
     assert streamed.result().to_dict() == whole.to_dict()
+
+
+def test_per_image_iou_golden_and_equal_to_one_image_at_a_time():
+    """Map = mask: IoU (1, 1); inverted mask: (0, 0); the 2x2 case above: bg 2/3, fg 1/2. Batched over images of a
+    smaller map size (resized), it equals :func:`segmentation_scores` on each image alone."""
+    mask = torch.zeros(4, 4, dtype=torch.bool)
+    mask[:, :2] = True
+    saliency = torch.stack([mask.float(), (~mask).float()]).unsqueeze(1)
+    assert per_image_segmentation_iou(saliency, torch.stack([mask, mask])).tolist() == [[1.0, 1.0], [0.0, 0.0]]
+    small = per_image_segmentation_iou(torch.tensor([[[0.0, 1.0], [2.0, 9.0]]]), torch.tensor([[[0, 0], [1, 1]]]))
+    assert small[0].tolist() == pytest.approx([2 / 3, 1 / 2])
+    generator = torch.Generator().manual_seed(0)
+    maps, masks = torch.rand(7, 1, 6, 6, generator=generator), torch.rand(7, 12, 12, generator=generator) > 0.5
+    one_at_a_time = [segmentation_scores(maps[i:i + 1], masks[i:i + 1]).iou.tolist() for i in range(7)]
+    assert per_image_segmentation_iou(maps, masks).tolist() == one_at_a_time
+    with pytest.raises(ValueError, match="same n"):
+        per_image_segmentation_iou(maps, masks[:3])
 
 
 def test_average_precision_matches_sklearn():

@@ -2,7 +2,8 @@
 
 - Faithfulness: :func:`insertion_deletion` (presets ``"rise"``, ``"thesis"``, ``"groupcam"``),
   :func:`positive_negative_perturbation` (Chefer et al.).
-- Localisation: :func:`pointing_game` (``"torchray"``, ``"thesis-top100"``), :func:`segmentation_scores`; streaming
+- Localisation: :func:`pointing_game` (``"torchray"``, ``"thesis-top100"``), :func:`segmentation_scores` (and per image,
+  :func:`per_image_segmentation_iou`); streaming
   accumulators :class:`PointingGame`, :class:`SegmentationScores`; detail: :func:`energy_pointing_game` (Score-CAM),
   :func:`boundary_f_score` (BF score).
 - Sanity: :func:`model_randomisation` (Adebayo et al., cascading / independent).
@@ -38,6 +39,7 @@ from xaiimg.metrics.localisation import (
                                    SegmentationScores,
                                    average_precision,
                                    boxes_to_mask,
+                                   per_image_segmentation_iou,
                                    pointing_game,
                                    segmentation_scores,
 )
@@ -53,7 +55,8 @@ __all__ = [
     "PROTOCOLS", "InsertionDeletionProtocol", "InsertionDeletionResult", "Metric", "MetricResult",
     "PerturbationResult", "PointingGame", "PointingGameResult", "RandomisationResult", "SegmentationResult",
     "SegmentationScores", "SensitivityResult", "available_metrics", "average_precision", "boxes_to_mask",
-    "get_metric", "insertion_deletion", "max_sensitivity", "model_randomisation", "pointing_game",
+    "get_metric", "insertion_deletion", "max_sensitivity", "model_randomisation", "per_image_segmentation_iou",
+    "pointing_game",
     "positive_negative_perturbation", "randomisable_layers", "register_metric", "segmentation_scores",
     "spearman_correlation", "ssim", "trapezoid_auc",
 ]

@@ -311,6 +311,24 @@ def segmentation_scores(saliency, masks, ap_average: str = "macro") -> Segmentat
     return scores.result()
 
 
+def per_image_segmentation_iou(saliency: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+    """Per image ``[n, 2]`` IoU of background and foreground of each map thresholded at its own mean, the map
+    treated as :class:`SegmentationScores` treats it (bilinear resize to the mask in float64, min-max, ``map >
+    mean``) but batched and without AP; ``.mean(1)`` is each image's mIoU. NaN where a class is absent from both
+    the prediction and the mask. ``saliency`` ``[n,1,h,w]`` or ``[n,h,w]``; ``masks`` ``[n,H,W]`` (nonzero =
+    foreground)."""
+    if saliency.ndim == 4 and saliency.shape[1] == 1:
+        saliency = saliency[:, 0]
+    if saliency.ndim != 3 or masks.ndim != 3 or len(saliency) != len(masks):
+        raise ValueError(f"need maps [n,1,h,w] or [n,h,w] and masks [n,H,W] of the same n, got "
+                         f"{tuple(saliency.shape)} and {tuple(masks.shape)}")
+    maps = minmax_normalize(upsample(saliency.detach().double()[:, None], tuple(masks.shape[-2:])))[:, 0]
+    foreground = maps > maps.mean(dim=(1, 2), keepdim=True)
+    truth = masks.to(maps.device) != 0
+    predicted, truth = torch.stack([~foreground, foreground], 1), torch.stack([~truth, truth], 1)
+    return (predicted & truth).sum(dim=(2, 3)).double() / (predicted | truth).sum(dim=(2, 3)).double()
+
+
 @register_metric("pointing-game", category="localisation", result=PointingGameResult, ground_truth=("masks", "boxes"),
                  paper="Zhang, Bargal, Lin, Brandt, Shen & Sclaroff, Top-down Neural Attention by Excitation Backprop, "
                        "ECCV 2016")

@@ -47,12 +47,12 @@ def table_rows(results: Mapping[str, MetricResult], extra: Mapping[str, Mapping[
 
 
 def faithfulness_table(model, x: torch.Tensor, maps: Mapping[str, torch.Tensor], protocol: str = "thesis",
-                       target=None, batch_size: int = 64, seconds: Mapping[str, float] | None = None):
-    """Insertion/deletion AUC per method (thesis table 3-2: ``overall = ins - del``); rows and results."""
+                       target=None, batch_size: int = 64):
+    """Insertion/deletion AUC per method (thesis table 3-2: ``overall = ins - del``); rows and results. Measured
+    times belong in :func:`xaiimg.report.write_timings`, not in the rows (they change on every run)."""
     results = {m: insertion_deletion(model, x, s, target=target, protocol=protocol, batch_size=batch_size)
                for m, s in maps.items()}
-    extra = {m: {"seconds": seconds[m]} for m in maps} if seconds else None
-    return table_rows(results, extra), results
+    return table_rows(results), results
 
 
 def imagenet_subset(model, dataset, count: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:

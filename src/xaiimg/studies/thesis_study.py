@@ -10,6 +10,9 @@ which ``xaiimg reproduction`` renders docs/REPRODUCTION.md. Parts:
   XGrad-CAM and CAM coincide); insertion/deletion (thesis preset) and Chefer's positive/negative perturbation per
   image; MSG-CAM ablations (keep rule, upsampling, alpha score, scale range) and its kept-scale histogram; the
   sliding window's fusions and controls.
+- **photos_second_model**: the same on ``second_model`` (EfficientNet-Lite2, ImageNet weights, 260 px) at
+  ``second_model_layer``, without MSG-CAM's ablations and the step check: does the photographs' verdict depend on
+  the model?
 - **layers**: at ``bn2`` the target's gradient is constant over positions, so Grad-CAM == XGrad-CAM == CAM up to
   rounding; at ``blocks.4`` it is not (the spread and the two maps' difference per photograph; ``study.json``'s
   ``layer_check`` holds the largest of each).
@@ -46,7 +49,7 @@ from xaiimg.methods import get_method
 from xaiimg.methods.sliding_window import SlidingWindow
 from xaiimg.metrics.detail import boundary_f_score, energy_pointing_game
 from xaiimg.metrics.faithfulness import InsertionDeletionProtocol, get_protocol, insertion_deletion
-from xaiimg.metrics.localisation import pointing_game, segmentation_scores
+from xaiimg.metrics.localisation import per_image_segmentation_iou, pointing_game
 from xaiimg.metrics.perturbation import positive_negative_perturbation
 from xaiimg.metrics.sanity import model_randomisation
 from xaiimg.models.zoo import load_model
@@ -64,7 +67,8 @@ MSG_CAM_LITERAL = {"image_mode": "bilinear", "alpha_score": "logit", "keep_scale
 MSG_CAM_ABLATIONS = {"keep all scales": {"keep_scales": "all"}, "bicubic": {"image_mode": "bicubic"},
                      "softmax alpha": {"alpha_score": "probability"}, "scales to 1.5x": {"zeta_max": 128}}
 CONTROLS = ("centre prior", "coverage", "S0 x coverage")
-PART_NAMES = ("photos", "layers", "pointing", "enhancement", "enhancement_vit", "discrimination", "sanity")
+PART_NAMES = ("photos", "photos_second_model", "layers", "pointing", "enhancement", "enhancement_vit", "discrimination",
+              "sanity")
 FUSIONS = ("literal", "normalised", "windows")
 
 
@@ -76,6 +80,8 @@ class ThesisStudyConfig:
     (``ImageFolder(photos/images, photos/labels.csv)`` layout of ../shared/data/imagenet-samples).
     ``insertion_step_factor``: pixels per insertion/deletion step = the thesis's 448 x factor (a cost deviation;
     ``step_check_images`` photographs are scored at factor 1 too and the difference is reported).
+    ``second_model`` / ``second_model_layer``: the second ImageNet model of the photographs part and its
+    thesis-analogous layer (EfficientNet-Lite2's ``blocks.4``: stride 16, 17x17 at 260 px, like Lite0's 14x14).
     ``window``: the enhancement's parameters on photographs (the thesis's 96/32, D0 = 35); ``synthetic_window`` on
     the synthetic scenes (same; the scenes are 224 px like the photographs). ``msg_cam`` / ``cameras``: parameters
     laid over MSG-CAM's literal settings and CAMERAS's defaults (empty in the study; tests use fewer scales).
@@ -86,6 +92,8 @@ class ThesisStudyConfig:
     model: str = "efficientnet_lite0"
     layer: str = "blocks.4"
     gap_layer: str = "bn2"
+    second_model: str = "efficientnet_lite2"
+    second_model_layer: str = "blocks.4"
     insertion_step_factor: int = 8
     step_check_images: int = 2
     window: dict = field(default_factory=lambda: {"window": 96, "stride": 32, "smoothing_cutoff": 35})
@@ -132,8 +140,8 @@ def _rows(table: str, metric: str, values: Mapping[str, Sequence[float]], **extr
 
 def per_image_miou(maps: torch.Tensor, masks: torch.Tensor) -> list[float]:
     """Each image's mean of foreground and background IoU of its mean-thresholded map (Chefer et al.'s
-    segmentation test, pooled over one image)."""
-    return [segmentation_scores(maps[i:i + 1], masks[i:i + 1]).miou for i in range(len(maps))]
+    segmentation test, pooled over one image; batched by :func:`per_image_segmentation_iou`)."""
+    return per_image_segmentation_iou(maps, masks).mean(1).tolist()
 
 
 def localisation_values(maps: torch.Tensor, masks: torch.Tensor) -> dict[str, list[float]]:
@@ -202,50 +210,57 @@ def step_protocol(factor: int) -> InsertionDeletionProtocol:
                                      thesis.deletion_canvas, step_fraction=thesis.step_fraction * factor)
 
 
-def photo_methods(config: ThesisStudyConfig) -> dict[str, tuple[str, dict]]:
-    """Registry name and parameters of every map scored on the photographs (label -> (method, params))."""
-    layer, gap = config.layer, config.gap_layer
+def photo_methods(config: ThesisStudyConfig, layer: str | None = None, ablations: bool = True
+                  ) -> dict[str, tuple[str, dict]]:
+    """Registry name and parameters of every map scored on the photographs (label -> (method, params)): the CAM
+    family and MSG-CAM at ``layer`` (default ``config.layer``), MSG-CAM's ablations when ``ablations``, and
+    Grad-CAM and MSG-CAM at ``config.gap_layer``."""
+    layer, gap = layer or config.layer, config.gap_layer
     msg_cam = {**MSG_CAM_LITERAL, **config.msg_cam}
     methods = {f"{name} @{layer}": (name, {"layer": layer}) for name in CAM_BASELINES}
     methods[f"cameras @{layer}"] = ("cameras", {"layer": layer, **config.cameras})
     methods[f"msg-cam @{layer}"] = ("msg-cam", {"layer": layer, **msg_cam})
-    for label, change in MSG_CAM_ABLATIONS.items():
+    for label, change in MSG_CAM_ABLATIONS.items() if ablations else ():
         methods[f"msg-cam @{layer} ({label})"] = ("msg-cam", {"layer": layer, **msg_cam, **change})
     methods[f"grad-cam @{gap}"] = ("grad-cam", {"layer": gap})
     methods[f"msg-cam @{gap}"] = ("msg-cam", {"layer": gap, **msg_cam})
     return methods
 
 
-def photos_part(config: ThesisStudyConfig, log) -> dict:
-    model = load_model(config.model)
+def photos_part(config: ThesisStudyConfig, log, model_name: str | None = None, layer: str | None = None,
+                ablations: bool = True) -> dict:
+    """Table 3-2 and the enhancement on the labelled photographs for ``model_name`` (default ``config.model``) at
+    ``layer`` (default ``config.layer``); MSG-CAM's ablations and the step check only when ``ablations``."""
+    model_name, layer = model_name or config.model, layer or config.layer
+    model = load_model(model_name)
     x, labels, description = load_photos(model, config.photos, config.photo_count)
     with torch.no_grad():
         top1 = model(x).argmax(1)
     maps, kept = {}, {}
-    for label, (name, params) in photo_methods(config).items():
+    for label, (name, params) in photo_methods(config, layer, ablations).items():
         maps[label], kept_scales = explain_in_chunks(get_method(name, **params), model, x, labels, 4)
         if kept_scales is not None:
             kept[label] = kept_scales
-        log(f"photos: {label}")
-    sliding = SlidingWindow(get_method("grad-cam", layer=config.layer), **config.window)
+        log(f"photos ({model_name}): {label}")
+    sliding = SlidingWindow(get_method("grad-cam", layer=layer), **config.window)
     enhanced = enhancement_maps(sliding, model, x, labels, 4)
-    enhanced = {f"grad-cam @{config.layer} + SW {name}": value for name, value in enhanced.items() if name != "plain"}
-    log("photos: sliding window")
+    enhanced = {f"grad-cam @{layer} + SW {name}": value for name, value in enhanced.items() if name != "plain"}
+    log(f"photos ({model_name}): sliding window")
     protocol = step_protocol(config.insertion_step_factor)
-    scored = {**maps, f"grad-cam @{config.layer} + SW literal": enhanced[f"grad-cam @{config.layer} + SW literal"]}
+    scored = {**maps, f"grad-cam @{layer} + SW literal": enhanced[f"grad-cam @{layer} + SW literal"]}
     faithfulness = {label: insertion_deletion(model, x, saliency, target=labels, protocol=protocol,
                                               batch_size=config.batch_size) for label, saliency in scored.items()}
-    perturbed = {f"grad-cam @{config.layer}": maps[f"grad-cam @{config.layer}"], **enhanced}
+    perturbed = {f"grad-cam @{layer}": maps[f"grad-cam @{layer}"], **enhanced}
     perturbation = {label: positive_negative_perturbation(model, x, saliency, labels=labels, reference="label",
                                                           batch_size=config.batch_size).per_sample()
                     for label, saliency in perturbed.items()}
-    check = min(config.step_check_images, len(x))
-    checked = (f"grad-cam @{config.layer}", f"msg-cam @{config.layer}")
+    check = min(config.step_check_images, len(x)) if ablations else 0
+    checked = (f"grad-cam @{layer}", f"msg-cam @{layer}") if check else ()
     literal_step = {label: insertion_deletion(model, x[:check], maps[label][:check], target=labels[:check],
                                               protocol="thesis", batch_size=config.batch_size).overall.tolist()
                     for label in checked}
-    log("photos: scored")
-    return {"model": config.model, "data": f"{len(x)} {description}", "n": len(x),
+    log(f"photos ({model_name}): scored")
+    return {"model": model_name, "data": f"{len(x)} {description}", "n": len(x),
             "top1_correct": int((top1 == labels).sum()), "labels": labels.tolist(),
             "protocol": {"name": protocol.name, "pixels_per_step": protocol.pixels_per_step(x.shape[-1] ** 2)},
             "insertion": {k: r.insertion_auc.tolist() for k, r in faithfulness.items()},
@@ -255,6 +270,11 @@ def photos_part(config: ThesisStudyConfig, log) -> dict:
             "step_check": {"images": check, "literal": literal_step,
                            "coarse": {k: faithfulness[k].overall[:check].tolist() for k in literal_step}},
             "kept_scales": kept}
+
+
+def photos_second_model_part(config: ThesisStudyConfig, log) -> dict:
+    """:func:`photos_part` on ``config.second_model`` at ``config.second_model_layer`` (no ablations)."""
+    return photos_part(config, log, config.second_model, config.second_model_layer, ablations=False)
 
 
 def gradient_spatial_spread(layer_pass: LayerPass) -> torch.Tensor:
@@ -288,8 +308,10 @@ def layers_part(config: ThesisStudyConfig, log) -> dict:
 
 
 # --------------------------------------------------------------------------------------------- synthetic
-def _scenes(model, config: ThesisStudyConfig, n: int, multi_object: bool = False, placement: str = "uniform",
-            scale: tuple | None = None, start: int = 0):
+def study_scenes(model, n: int, multi_object: bool = False, placement: str = "uniform", scale: tuple | None = None,
+                 start: int = 0):
+    """``n`` held-out scenes (``split="test"``, from index ``start``) of the benchmark ``model`` was trained on,
+    with its objects placed by ``placement`` and, when given, sized by ``scale``."""
     benchmark = dict(model.synthetic_config["benchmark"], placement=placement)
     if scale is not None:
         benchmark["scale"] = list(scale)
@@ -298,7 +320,7 @@ def _scenes(model, config: ThesisStudyConfig, n: int, multi_object: bool = False
 
 def pointing_part(config: ThesisStudyConfig, log) -> dict:
     cnn = synthetic_model(config.synthetic_dir, "cnn")
-    scenes = _scenes(cnn, config, config.pointing_scenes, multi_object=True)
+    scenes = study_scenes(cnn, config.pointing_scenes, multi_object=True)
     x = cnn.spec.from_unit_range(scenes.images.float())
     targets = scenes.labels.T.reshape(-1)            # every scene's first objects, then its second ones
     inputs = x.repeat(2, 1, 1, 1)
@@ -332,7 +354,7 @@ def _enhancement_runs(config: ThesisStudyConfig, kind: str, methods: Mapping[str
     for set_name in sets:
         options = ENHANCEMENT_SETS[set_name]
         options = {"scale": config.small_scale} if options == "small_scale" else options
-        scenes = _scenes(model, config, config.scenes, **options)
+        scenes = study_scenes(model, config.scenes, **options)
         x = model.spec.from_unit_range(scenes.images.float())
         targets, masks = scenes.targets, scenes.class_masks(scenes.targets)
         chosen = methods if set_name == "uniform" else {name: params for name, params in methods.items()
@@ -369,7 +391,7 @@ def enhancement_vit_part(config: ThesisStudyConfig, log) -> dict:
 
 def discrimination_part(config: ThesisStudyConfig, log) -> dict:
     cnn = synthetic_model(config.synthetic_dir, "cnn")
-    scenes = _scenes(cnn, config, config.discrimination_scenes, multi_object=True, start=config.pointing_scenes)
+    scenes = study_scenes(cnn, config.discrimination_scenes, multi_object=True, start=config.pointing_scenes)
     x = cnn.spec.from_unit_range(scenes.images.float())
     inputs, targets = x.repeat(2, 1, 1, 1), scenes.labels.T.reshape(-1)
     own = torch.cat([scenes.masks[:, slot] for slot in range(2)])
@@ -389,7 +411,7 @@ def discrimination_part(config: ThesisStudyConfig, log) -> dict:
 
 def sanity_part(config: ThesisStudyConfig, log) -> dict:
     cnn = synthetic_model(config.synthetic_dir, "cnn")
-    scenes = _scenes(cnn, config, config.sanity_scenes, start=config.scenes)
+    scenes = study_scenes(cnn, config.sanity_scenes, start=config.scenes)
     x = cnn.spec.from_unit_range(scenes.images.float())
     out = {}
     for method, params in {"grad-cam": {}, "group-cam": {}, "msg-cam": {**MSG_CAM_LITERAL, **config.msg_cam}}.items():
@@ -414,32 +436,36 @@ def _difference(values: Mapping[str, Sequence[float]], a: str, b: str, seed: int
     return paired_difference(values[a], values[b], seed=seed)
 
 
-def photo_claims(photos: dict, config: ThesisStudyConfig) -> list[Claim]:
-    layer, overall = config.layer, photos["overall"]
-    model, data = f"{config.model} (ImageNet weights), layer {layer}", photos["data"]
+def photo_claims(photos: dict, config: ThesisStudyConfig, layer: str | None = None, second_model: bool = False
+                 ) -> list[Claim]:
+    """Table 3-2 (MSG-CAM against each CAM baseline), MSG-CAM's kept scales and the enhancement on photographs;
+    with ``second_model`` the claims of the second ImageNet model (ids end in ``/second-model``)."""
+    layer, overall = layer or config.layer, photos["overall"]
+    model, data = f"{photos['model']} (ImageNet weights), layer {layer}", photos["data"]
     step = photos["protocol"]["pixels_per_step"]
+    suffix, where_suffix = ("/second-model", " (second model)") if second_model else ("", "")
     claims = []
     for baseline in CAM_BASELINES:
         a, b = f"msg-cam @{layer}", f"{baseline} @{layer}"
         estimate = _difference(overall, a, b)
         claims.append(measured_claim(
-            f"thesis/table3-2/msg-cam-vs-{baseline}", PAPER, "Table 3-2",
+            f"thesis/table3-2/msg-cam-vs-{baseline}{suffix}", PAPER, f"Table 3-2{where_suffix}",
             f"MSG-CAM has a higher overall insertion-deletion AUC than {baseline}",
             "MSG-CAM best overall on ImageNet val (VGG19, 50,000 images)",
             "per-image overall AUC(ins)-AUC(del), MSG-CAM minus baseline", model, data, estimate, "greater",
             note=f"thesis preset with {step} px per step (x{config.insertion_step_factor}); "
                  f"sign-flip p = {sign_flip_test(overall[a], overall[b]):.3g}"))
     literal = photos["step_check"]
-    worst = max((abs(x - y) for k in literal["literal"] for x, y in zip(literal["literal"][k], literal["coarse"][k])),
-                default=0.0)
-    claims[0] = Claim(**{**asdict(claims[0]), "details": {"step_check_max_abs_difference": worst,
-                                                           "step_check_images": literal["images"]}})
+    if literal["images"]:
+        worst = max(abs(x - y) for k in literal["literal"] for x, y in zip(literal["literal"][k], literal["coarse"][k]))
+        claims[0] = Claim(**{**asdict(claims[0]), "details": {"step_check_max_abs_difference": worst,
+                                                               "step_check_images": literal["images"]}})
     kept = photos["kept_scales"].get(f"msg-cam @{layer}", [])
     if kept:
         fallback = [1.0 if count <= 1 else 0.0 for count in kept]
         estimate = bootstrap_mean(fallback)
         claims.append(measured_claim(
-            "thesis/sec3-2/msg-cam-scales-kept", PAPER, "Sec. 3.2, Algorithm 1",
+            f"thesis/sec3-2/msg-cam-scales-kept{suffix}", PAPER, f"Sec. 3.2, Algorithm 1{where_suffix}",
             "upscaled inputs keep the class, so MSG-CAM fuses several scales",
             "multi-scale fusion (no number given)", "share of images where MSG-CAM keeps only the original scale",
             model, data, estimate, "less", null=0.5,
@@ -449,7 +475,7 @@ def photo_claims(photos: dict, config: ThesisStudyConfig) -> list[Claim]:
                                 ("overall", "Table 4-2 (as insertion/deletion)", "insertion-deletion overall")):
         estimate = _difference(photos[metric], literal_sw, plain)
         claims.append(measured_claim(
-            f"thesis/{where.split()[1].lower()}/sw-photos-{metric}", PAPER, where,
+            f"thesis/{where.split()[1].lower()}/sw-photos-{metric}{suffix}", PAPER, f"{where}{where_suffix}",
             f"the sliding-window enhancement improves Grad-CAM's {text} on photographs",
             "gains for every wrapped method (VGG19 / ViT-B on ImageNet)",
             f"per-image {text}, Grad-CAM + SW (eq. 4-8) minus Grad-CAM", model, data, estimate, "greater"))
@@ -565,9 +591,9 @@ def offline_claims() -> list[Claim]:
 def summary_tables(parts: Mapping[str, dict]) -> list[dict]:
     """One row per (table, metric, method/variant): n, mean, 95% interval (paired within each group)."""
     rows = []
-    if "photos" in parts:
-        for metric in ("insertion", "deletion", "overall", "perturbation_overall"):
-            rows += _rows("photos", metric, parts["photos"][metric])
+    for name in ("photos", "photos_second_model"):
+        for metric in ("insertion", "deletion", "overall", "perturbation_overall") if name in parts else ():
+            rows += _rows(f"photos/{parts[name]['model']}", metric, parts[name][metric])
     if "pointing" in parts:
         for metric, values in parts["pointing"]["values"].items():
             rows += _rows("pointing", metric, values)
@@ -614,10 +640,12 @@ def _write_csv(path: Path, rows: Sequence[dict]) -> None:
         writer.writerows(rows)
 
 
-PART_FUNCTIONS = {"photos": photos_part, "layers": layers_part, "pointing": pointing_part,
-                  "enhancement": enhancement_part, "enhancement_vit": enhancement_vit_part,
+PART_FUNCTIONS = {"photos": photos_part, "photos_second_model": photos_second_model_part, "layers": layers_part,
+                  "pointing": pointing_part, "enhancement": enhancement_part, "enhancement_vit": enhancement_vit_part,
                   "discrimination": discrimination_part, "sanity": sanity_part}
 CLAIM_FUNCTIONS = {"photos": lambda part, config: photo_claims(part, config),
+                   "photos_second_model": lambda part, config: photo_claims(part, config, config.second_model_layer,
+                                                                            second_model=True),
                    "layers": lambda part, config: [],
                    "pointing": lambda part, config: pointing_claims(part),
                    "enhancement": lambda part, config: enhancement_claims(part),
@@ -652,6 +680,8 @@ def summarise_thesis_study(config: ThesisStudyConfig, results_dir: str | Path) -
     if "photos" in parts:
         extra["kept_scale_histogram"] = kept_scale_histogram(parts["photos"])
         extra["step_check"] = parts["photos"]["step_check"]
+    if "photos_second_model" in parts:
+        extra["kept_scale_histogram_second_model"] = kept_scale_histogram(parts["photos_second_model"])
     if "layers" in parts:
         extra["layer_check"] = {layer: {measure: max(values) for measure, values in measures.items()}
                                 for layer, measures in parts["layers"]["layers"].items()}
