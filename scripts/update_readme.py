@@ -4,6 +4,7 @@ in it is typed by hand: run after `make repro`, then commit README.md with figur
 
     .venv/bin/python scripts/update_readme.py
 """
+import csv
 import json
 import re
 import sys
@@ -18,12 +19,11 @@ START, END = "<!-- results:start -->", "<!-- results:end -->"
 
 def results_section(repo: Path = REPO) -> str:
     """The Markdown between the README's results markers, built from the committed pipeline outputs."""
-    faithfulness = json.loads((repo / "results" / "04_insertion_deletion.json").read_text())
+    study = json.loads((repo / "results" / "thesis_study" / "study.json").read_text())["config"]
+    table, rows = table_3_2(repo, study["model"], study["layer"])
     synthetic = json.loads((repo / "results" / "04_metrics.json").read_text())["synthetic_cnn_accuracy"]
     subject = json.loads((repo / "results" / "02_metrics.json").read_text())
     paired = subject["paired_difference"]
-    columns = ("method", "insertion_auc", "deletion_auc", "overall")
-    rows = [{c: row[c] for c in columns if c in row} for row in faithfulness]
     claims = read_claims(claim_files(repo / "results"))
     return "\n".join([
         START,
@@ -37,7 +37,11 @@ def results_section(repo: Path = REPO) -> str:
         "*`figures/04_method_comparison.png` (notebook 04, default profile): each method's map for the pip-shipped"
         " sample images.*",
         "",
-        f"Insertion/deletion AUC (`thesis` preset; `results/04_insertion_deletion.csv`, {len(rows)} methods):",
+        f"Table 3-2 here (`results/thesis_study/summary.csv`, table `{table}`): {study['model']} with ImageNet"
+        f" weights, layer `{study['layer']}`, n = {rows[0]['n']} ImageNet validation photographs (shipped in the"
+        f" foolbox wheel), the thesis's insertion/deletion protocol at {study['insertion_step_factor']}x its step;"
+        " per-image AUC, mean [95% bootstrap interval, images resampled]. MSG-CAM's paired differences and"
+        " verdicts are in docs/REPRODUCTION.md.",
         "",
         markdown_table(rows),
         f"Synthetic-benchmark CNN held-out accuracy: {synthetic:.3f}. Aesthetic study (notebook 02,"
@@ -47,6 +51,24 @@ def results_section(repo: Path = REPO) -> str:
         f" (Wilcoxon p = {paired['wilcoxon_p']:.1e}).",
         END,
     ])
+
+
+def table_3_2(repo: Path, model: str, layer: str) -> tuple[str, list[dict]]:
+    """The study's per-method insertion, deletion and overall AUC on the photographs at ``layer``, one row per
+    method, each cell ``mean [low, high]``."""
+    table, suffix = f"photos/{model}", f" @{layer}"
+    with (repo / "results" / "thesis_study" / "summary.csv").open(newline="") as handle:
+        cells = [row for row in csv.DictReader(handle) if row["table"] == table and row["method"].endswith(suffix)
+                 and row["metric"] in ("insertion", "deletion", "overall")]
+    rows: dict[str, dict] = {}
+    for cell in cells:
+        row = rows.setdefault(cell["method"][:-len(suffix)], {"method": cell["method"][:-len(suffix)],
+                                                               "n": int(cell["n"])})
+        row[cell["metric"]] = (f"{float(cell['mean']):.3f} [{float(cell['ci_low']):.3f},"
+                               f" {float(cell['ci_high']):.3f}]")
+    if not rows:
+        raise ValueError(f"results/thesis_study/summary.csv has no {table} rows at layer {layer}")
+    return table, list(rows.values())
 
 
 def updated_readme(text: str, section: str) -> str:

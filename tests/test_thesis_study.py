@@ -83,6 +83,25 @@ def test_per_item_summary_is_paired_and_reports_n():
     assert summary["a"]["ci_low"] - summary["b"]["ci_low"] == pytest.approx(1.0)   # same resamples: shift by 1
 
 
+def test_sanity_claims_read_flat_maps_as_zero_and_state_the_defined_correlations_alone():
+    def run(row):   # layers in randomisation order: the output layer first, every layer randomised last
+        return {"layers": ["classifier", "features.0"], "spearman": [row, row], "ssim": [row, row],
+                "flat_maps": 2 * row.count(None)}
+
+    sanity = {"model": "m", "data": "d", "runs": {"msg-cam/cascading": run([None, None, 0.2, 0.4]),
+                                                  "msg-cam/independent": run([None, 0.9, 0.9, 0.9])}}
+    cascading, independent = ts.sanity_claims(sanity)
+    assert (cascading.n, cascading.mean) == (4, pytest.approx(0.15))             # (0 + 0 + 0.2 + 0.4) / 4
+    assert cascading.verdict == rp.REPRODUCED
+    assert "4 undefined correlations" in cascading.note
+    assert "2 of 4 maps are flat at this layer, and the 2 defined correlations alone average 0.3 [" in cascading.note
+    assert independent.mean == pytest.approx(0.675)
+    assert "1 of 4 maps are flat at this layer, and the 3 defined correlations alone average 0.9 [0.9, 0.9]" \
+        in independent.note
+    flat = ts.sanity_claims({"model": "m", "data": "d", "runs": {key: run([None, None]) for key in sanity["runs"]}})
+    assert flat[0].mean == 0.0 and "every map is flat at this layer" in flat[0].note
+
+
 def test_centred_placement():
     uniform = SyntheticBenchmark(size=64, num_classes=3)
     centred = SyntheticBenchmark(size=64, num_classes=3, placement="centred")

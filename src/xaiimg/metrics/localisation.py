@@ -254,6 +254,13 @@ class SegmentationResult(MetricResult):
         return {"pixel_accuracy": self.pixel_accuracy, "miou": self.miou, "mean_ap": self.mean_ap}
 
 
+def _class_overlaps(foreground: torch.Tensor, truth: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pixel counts ``[..., 2]`` (background, foreground) of the intersection and the union of a thresholded map
+    and a boolean mask, both ``[..., H, W]``."""
+    predicted, truth = torch.stack([~foreground, foreground], -3), torch.stack([~truth, truth], -3)
+    return (predicted & truth).sum(dim=(-2, -1)), (predicted | truth).sum(dim=(-2, -1))
+
+
 class SegmentationScores:
     """Saliency as segmentation (Chefer et al. 2021, ``imagenet_seg_eval.py``), streamed over a dataset.
 
@@ -287,9 +294,9 @@ class SegmentationScores:
             foreground = saliency_map > saliency_map.mean()
             self._correct = self._correct.to(mask.device) + (foreground == mask).sum()
             self._labelled += mask.numel()
-            predicted, truth = torch.stack([~foreground, foreground]), torch.stack([~mask, mask])   # background, fg
-            self._intersection = self._intersection.to(mask.device) + (predicted & truth).sum(dim=(1, 2))
-            self._union = self._union.to(mask.device) + (predicted | truth).sum(dim=(1, 2))
+            intersection, union = _class_overlaps(foreground, mask)
+            self._intersection = self._intersection.to(mask.device) + intersection
+            self._union = self._union.to(mask.device) + union
             ap = average_precision(saliency_map, mask)
             if self.ap_average == "macro":
                 ap = (ap + average_precision(1 - saliency_map, ~mask)) / 2
@@ -324,9 +331,8 @@ def per_image_segmentation_iou(saliency: torch.Tensor, masks: torch.Tensor) -> t
                          f"{tuple(saliency.shape)} and {tuple(masks.shape)}")
     maps = minmax_normalize(upsample(saliency.detach().double()[:, None], tuple(masks.shape[-2:])))[:, 0]
     foreground = maps > maps.mean(dim=(1, 2), keepdim=True)
-    truth = masks.to(maps.device) != 0
-    predicted, truth = torch.stack([~foreground, foreground], 1), torch.stack([~truth, truth], 1)
-    return (predicted & truth).sum(dim=(2, 3)).double() / (predicted | truth).sum(dim=(2, 3)).double()
+    intersection, union = _class_overlaps(foreground, masks.to(maps.device) != 0)
+    return intersection.double() / union.double()
 
 
 @register_metric("pointing-game", category="localisation", result=PointingGameResult, ground_truth=("masks", "boxes"),

@@ -57,8 +57,8 @@ def faithfulness_table(model, x: torch.Tensor, maps: Mapping[str, torch.Tensor],
 
 def imagenet_subset(model, dataset, count: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     """Model inputs ``[n,3,H,W]`` (``model.spec``'s preprocessing) and labels ``[n]`` of ``n = min(count, len)``
-    images drawn without replacement by a seeded permutation of ``dataset`` (e.g. ImageNet val: the thesis scores
-    2,000 of its images), in dataset order."""
+    images drawn without replacement by a seeded permutation of ``dataset``, in dataset order (``count >= len``: every
+    image, as the thesis scores all 50,000 ImageNet val images)."""
     if count < 1:
         raise ValueError(f"count must be >= 1, got {count}")
     chosen = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed))[:count].sort().values
